@@ -1,0 +1,198 @@
+package etcd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/sirupsen/logrus"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/weft-net/weft/subnet"
+)
+
+// Watch sends the leases that fit cfg to out until ctx ends: first every
+// current lease as Added, then each change. It lists once and watches from
+// the next revision; a broken watch is resumed from the last revision seen;
+// after a compaction it lists again and sends only the difference. While
+// etcd is unreachable it retries with a capped backoff and sends nothing,
+// so the receiver keeps the last known state. A lease that does not parse
+// or does not fit cfg is logged once and treated as absent. Watch returns
+// ctx's error.
+func (s *Store) Watch(ctx context.Context, cfg *subnet.Config, out chan<- []subnet.Event) error {
+	w := &watcher{store: s, cfg: cfg, out: out, known: map[string]subnet.Lease{}, bad: map[string]string{}}
+	return w.run(ctx)
+}
+
+// watcher is the state of one Watch call; it is used by one goroutine.
+type watcher struct {
+	store *Store
+	cfg   *subnet.Config
+	out   chan<- []subnet.Event
+	known map[string]subnet.Lease // valid leases sent as Added, by key
+	bad   map[string]string       // invalid keys and the error last logged
+	rev   int64                   // last revision seen; 0 means list again
+}
+
+func (w *watcher) run(ctx context.Context) error {
+	s := w.store
+	var b backoff
+	for {
+		if w.rev == 0 {
+			var listing *Listing
+			err := s.retryLogged(ctx, "listing leases", func(ctx context.Context) (err error) {
+				listing, err = s.List(ctx)
+				return err
+			})
+			if err != nil {
+				return err
+			}
+			if err := w.relisted(ctx, listing); err != nil {
+				return err
+			}
+		}
+		err := w.follow(ctx)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		s.watchRestarts.Add(1)
+		if errors.Is(err, rpctypes.ErrCompacted) {
+			s.log.WithField("revision", w.rev).Info("lease history was compacted; listing again")
+			w.rev = 0
+			b.reset()
+			continue
+		}
+		s.log.WithError(err).WithField("revision", w.rev).Warn("lease watch broken; resuming")
+		if !b.wait(ctx) {
+			return ctx.Err()
+		}
+	}
+}
+
+// follow watches from w.rev+1 and returns why the watch ended.
+func (w *watcher) follow(ctx context.Context) error {
+	s := w.store
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	ch := s.cli.Watch(wctx, s.SubnetsPrefix(), clientv3.WithPrefix(), clientv3.WithRev(w.rev+1))
+	for resp := range ch {
+		if resp.CompactRevision != 0 {
+			return rpctypes.ErrCompacted
+		}
+		if err := resp.Err(); err != nil {
+			return err
+		}
+		var batch []subnet.Event
+		for _, ev := range resp.Events {
+			key := strings.TrimPrefix(string(ev.Kv.Key), s.SubnetsPrefix())
+			if ev.Type == clientv3.EventTypeDelete {
+				batch = w.remove(batch, key)
+				continue
+			}
+			batch = w.update(batch, key, ev.Kv.Value)
+		}
+		w.rev = resp.Header.Revision
+		if err := w.send(ctx, batch); err != nil {
+			return err
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return fmt.Errorf("watch channel closed")
+}
+
+// relisted sends the difference between what was known and listing.
+func (w *watcher) relisted(ctx context.Context, listing *Listing) error {
+	var batch []subnet.Event
+	present := make(map[string]bool, len(listing.Entries))
+	for _, e := range listing.Entries {
+		present[e.Key] = true
+		if e.Err != nil {
+			batch = w.invalid(batch, e.Key, e.Err)
+			continue
+		}
+		batch = w.valid(batch, e.Key, e.Lease)
+	}
+	for key := range w.known {
+		if !present[key] {
+			batch = w.remove(batch, key)
+		}
+	}
+	for key := range w.bad {
+		if !present[key] {
+			delete(w.bad, key)
+		}
+	}
+	w.rev = listing.Revision
+	if batch == nil {
+		// The first listing is sent even when empty, so that the receiver
+		// knows it has the whole picture.
+		batch = []subnet.Event{}
+	}
+	return w.send(ctx, batch)
+}
+
+func (w *watcher) update(batch []subnet.Event, key string, value []byte) []subnet.Event {
+	l, err := subnet.ParseLease(key, value)
+	if err != nil {
+		return w.invalid(batch, key, err)
+	}
+	return w.valid(batch, key, l)
+}
+
+func (w *watcher) valid(batch []subnet.Event, key string, l subnet.Lease) []subnet.Event {
+	if err := w.cfg.CheckLease(&l); err != nil {
+		return w.invalid(batch, key, err)
+	}
+	delete(w.bad, key)
+	if old, ok := w.known[key]; ok && sameLease(old, l) {
+		return batch
+	}
+	w.known[key] = l
+	return append(batch, subnet.Event{Type: subnet.Added, Lease: l})
+}
+
+// invalid logs a lease that cannot be used, once per distinct problem, and
+// withdraws it if it was valid before.
+func (w *watcher) invalid(batch []subnet.Event, key string, err error) []subnet.Event {
+	if w.bad[key] != err.Error() {
+		w.bad[key] = err.Error()
+		w.store.log.WithFields(logrus.Fields{"key": w.store.SubnetsPrefix() + key}).WithError(err).Warn("ignoring invalid lease")
+	}
+	if _, ok := w.known[key]; ok {
+		return w.remove(batch, key)
+	}
+	return batch
+}
+
+func (w *watcher) remove(batch []subnet.Event, key string) []subnet.Event {
+	delete(w.bad, key)
+	l, ok := w.known[key]
+	if !ok {
+		return batch
+	}
+	delete(w.known, key)
+	return append(batch, subnet.Event{Type: subnet.Removed, Lease: l})
+}
+
+func (w *watcher) send(ctx context.Context, batch []subnet.Event) error {
+	if batch == nil {
+		return nil
+	}
+	select {
+	case w.out <- batch:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func sameLease(a, b subnet.Lease) bool {
+	return a.Subnet == b.Subnet && a.IPv6Subnet == b.IPv6Subnet &&
+		a.PublicIP == b.PublicIP && a.PublicIPv6 == b.PublicIPv6 &&
+		a.BackendType == b.BackendType && a.Node == b.Node &&
+		string(a.BackendData) == string(b.BackendData) && string(a.BackendV6Data) == string(b.BackendV6Data)
+}

@@ -1,0 +1,24 @@
+package subnet
+
+// EventType says what happened to a lease.
+type EventType int
+
+const (
+	// Added is a new lease, or a lease whose value changed.
+	Added EventType = iota
+	// Removed is a lease that was deleted, expired, or stopped being valid.
+	Removed
+)
+
+func (t EventType) String() string {
+	if t == Removed {
+		return "removed"
+	}
+	return "added"
+}
+
+// Event is a change to the set of leases, keyed by Lease.Key().
+type Event struct {
+	Type  EventType
+	Lease Lease
+}

@@ -1,0 +1,237 @@
+package subnet
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+)
+
+// MaxLeaseValue is the largest lease value weft decodes; anything larger is
+// not a lease any flannel-compatible node writes.
+const MaxLeaseValue = 64 << 10
+
+// Lease is one node's claim on a subnet (or an IPv4 and an IPv6 subnet), as
+// stored under <prefix>/subnets/<key>.
+type Lease struct {
+	Subnet     netip.Prefix // IPv4; invalid when the node has none
+	IPv6Subnet netip.Prefix // invalid when the node has none
+	Attrs
+}
+
+// Attrs is the lease value: how peers reach the node. Its JSON form is
+// flannel's LeaseAttrs plus weft's Node.
+type Attrs struct {
+	PublicIP      netip.Addr
+	PublicIPv6    netip.Addr
+	BackendType   string
+	BackendData   json.RawMessage
+	BackendV6Data json.RawMessage
+	Node          string
+}
+
+// Key returns the lease's key below <prefix>/subnets/.
+func (l Lease) Key() string { return MakeKey(l.Subnet, l.IPv6Subnet) }
+
+// MakeKey returns flannel's key for a subnet pair: "100.96.3.0-24",
+// "100.96.3.0-24&fd96:0:0:3::-64", or "fd96:0:0:3::-64" for IPv6 only.
+func MakeKey(v4, v6 netip.Prefix) string {
+	switch {
+	case v4.IsValid() && v6.IsValid():
+		return keyPart(v4) + "&" + keyPart(v6)
+	case v4.IsValid():
+		return keyPart(v4)
+	default:
+		return keyPart(v6)
+	}
+}
+
+func keyPart(p netip.Prefix) string {
+	return p.Addr().String() + "-" + strconv.Itoa(p.Bits())
+}
+
+// ParseKey parses a key made by MakeKey (or by flannel, which writes
+// "0.0.0.0-0&<ipv6>" for IPv6-only nodes).
+func ParseKey(key string) (v4, v6 netip.Prefix, err error) {
+	first, second, dual := strings.Cut(key, "&")
+	a, err := parseKeyPart(first)
+	if err != nil {
+		return netip.Prefix{}, netip.Prefix{}, fmt.Errorf("lease key %q: %w", key, err)
+	}
+	if !dual {
+		if a.Addr().Is4() {
+			return a, netip.Prefix{}, nil
+		}
+		return netip.Prefix{}, a, nil
+	}
+	b, err := parseKeyPart(second)
+	if err != nil {
+		return netip.Prefix{}, netip.Prefix{}, fmt.Errorf("lease key %q: %w", key, err)
+	}
+	if !a.Addr().Is4() || !b.Addr().Is6() {
+		return netip.Prefix{}, netip.Prefix{}, fmt.Errorf("lease key %q: a dual-stack key is <ipv4>-<len>&<ipv6>-<len>", key)
+	}
+	if a.Addr().IsUnspecified() && a.Bits() == 0 {
+		a = netip.Prefix{}
+	}
+	return a, b, nil
+}
+
+func parseKeyPart(s string) (netip.Prefix, error) {
+	i := strings.LastIndexByte(s, '-')
+	if i < 0 {
+		return netip.Prefix{}, fmt.Errorf("%q is not <address>-<length>", s)
+	}
+	addr, err := netip.ParseAddr(s[:i])
+	if err != nil || addr.Zone() != "" || addr.Is4In6() {
+		return netip.Prefix{}, fmt.Errorf("%q is not an IP address", s[:i])
+	}
+	bits, err := strconv.Atoi(s[i+1:])
+	if err != nil || s[i+1:] != strconv.Itoa(bits) {
+		return netip.Prefix{}, fmt.Errorf("%q is not a prefix length", s[i+1:])
+	}
+	p, err := addr.Prefix(bits)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("/%d is not a valid prefix length for %s", bits, addr)
+	}
+	if p.Addr() != addr {
+		return netip.Prefix{}, fmt.Errorf("%s-%d has host bits set", addr, bits)
+	}
+	return p, nil
+}
+
+// wireAttrs is the lease value on the wire. PublicIP is always present
+// because flannel cannot read a lease without it; "0.0.0.0" means none.
+type wireAttrs struct {
+	PublicIP      string
+	PublicIPv6    *string
+	BackendType   string
+	BackendData   json.RawMessage
+	BackendV6Data json.RawMessage
+	Node          string `json:",omitempty"`
+}
+
+// MarshalJSON encodes the attributes in flannel's format.
+func (a Attrs) MarshalJSON() ([]byte, error) {
+	w := wireAttrs{
+		PublicIP:      "0.0.0.0",
+		BackendType:   a.BackendType,
+		BackendData:   a.BackendData,
+		BackendV6Data: a.BackendV6Data,
+		Node:          a.Node,
+	}
+	if a.PublicIP.IsValid() {
+		w.PublicIP = a.PublicIP.String()
+	}
+	if a.PublicIPv6.IsValid() {
+		s := a.PublicIPv6.String()
+		w.PublicIPv6 = &s
+	}
+	return json.Marshal(w)
+}
+
+// UnmarshalJSON decodes flannel's format, keys matched case-insensitively.
+func (a *Attrs) UnmarshalJSON(data []byte) error {
+	var w wireAttrs
+	if err := json.Unmarshal(data, &w); err != nil {
+		return err
+	}
+	var out Attrs
+	if w.PublicIP != "" && w.PublicIP != "0.0.0.0" {
+		ip, err := netip.ParseAddr(w.PublicIP)
+		if err != nil || !ip.Is4() {
+			return fmt.Errorf("PublicIP %q is not an IPv4 address", w.PublicIP)
+		}
+		out.PublicIP = ip
+	}
+	if w.PublicIPv6 != nil && *w.PublicIPv6 != "" && *w.PublicIPv6 != "::" {
+		ip, err := netip.ParseAddr(*w.PublicIPv6)
+		if err != nil || !ip.Is6() || ip.Is4In6() || ip.Zone() != "" {
+			return fmt.Errorf("PublicIPv6 %q is not an IPv6 address", *w.PublicIPv6)
+		}
+		out.PublicIPv6 = ip
+	}
+	out.BackendType = w.BackendType
+	out.BackendData = nullToNil(w.BackendData)
+	out.BackendV6Data = nullToNil(w.BackendV6Data)
+	out.Node = w.Node
+	*a = out
+	return nil
+}
+
+func nullToNil(m json.RawMessage) json.RawMessage {
+	if len(m) == 0 || string(m) == "null" {
+		return nil
+	}
+	return bytes.Clone(m)
+}
+
+// ParseLease decodes a lease from its key (the part after
+// <prefix>/subnets/) and its value. It checks only the format; see
+// Config.CheckLease for whether the lease fits the network.
+func ParseLease(key string, value []byte) (Lease, error) {
+	v4, v6, err := ParseKey(key)
+	if err != nil {
+		return Lease{}, err
+	}
+	if len(value) > MaxLeaseValue {
+		return Lease{}, fmt.Errorf("lease %s: value of %d bytes is larger than the %d a lease may have", key, len(value), MaxLeaseValue)
+	}
+	l := Lease{Subnet: v4, IPv6Subnet: v6}
+	if err := json.Unmarshal(value, &l.Attrs); err != nil {
+		return Lease{}, fmt.Errorf("lease %s: value is not a lease: %w", key, err)
+	}
+	return l, nil
+}
+
+// ErrWrongFamily is wrapped by CheckLease for a lease that lacks a subnet or
+// public address of a family the network uses.
+var ErrWrongFamily = errors.New("wrong address family")
+
+// CheckLease reports whether l is a lease this network can route to: each
+// enabled family has a subnet inside its pool and a public address to reach
+// it by. Subnets of families the network does not use are allowed (a
+// dual-stack node in an IPv4 network) and ignored.
+func (c *Config) CheckLease(l *Lease) error {
+	for _, f := range []struct {
+		pool   Pool
+		sn     netip.Prefix
+		public netip.Addr
+		name   string
+	}{
+		{c.IPv4, l.Subnet, l.PublicIP, "IPv4"},
+		{c.IPv6, l.IPv6Subnet, l.PublicIPv6, "IPv6"},
+	} {
+		if !f.pool.Enabled() {
+			continue
+		}
+		if !f.sn.IsValid() {
+			return fmt.Errorf("lease %s has no %s subnet but the network is %s: %w", l.Key(), f.name, f.pool.Network, ErrWrongFamily)
+		}
+		if !f.pool.Contains(f.sn) {
+			return fmt.Errorf("lease %s: subnet %s is not a /%d inside %s", l.Key(), f.sn, f.pool.SubnetLen, f.pool.Network)
+		}
+		if !f.public.IsValid() {
+			return fmt.Errorf("lease %s has no public %s address: %w", l.Key(), f.name, ErrWrongFamily)
+		}
+	}
+	return nil
+}
+
+// VtepMAC returns the VTEP MAC address a vxlan lease publishes in its
+// BackendData, or nil.
+func (a *Attrs) VtepMAC() net.HardwareAddr {
+	var d struct{ VtepMAC string }
+	if json.Unmarshal(a.BackendData, &d) != nil {
+		return nil
+	}
+	mac, err := net.ParseMAC(d.VtepMAC)
+	if err != nil {
+		return nil
+	}
+	return mac
+}
