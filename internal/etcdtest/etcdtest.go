@@ -178,4 +178,3 @@ func tail(b []byte, n int) string {
 	}
 	return strings.TrimSpace(string(b))
 }
-

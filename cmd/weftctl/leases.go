@@ -1,0 +1,185 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/weft-net/weft/internal/etcdflags"
+	"github.com/weft-net/weft/subnet/etcd"
+)
+
+func leasesCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "leases",
+		Usage: "list every node's subnet lease",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "table", Usage: "table or json"},
+		},
+		Action: func(c *cli.Context) error {
+			format := c.String("output")
+			if format != "table" && format != "json" {
+				return cli.Exit(fmt.Sprintf("--output %q is unknown; use table or json", format), 2)
+			}
+			store, closeStore, err := openStore(c)
+			if err != nil {
+				return err
+			}
+			defer closeStore()
+			rows, err := leaseRows(c.Context, store)
+			if err != nil {
+				return err
+			}
+			if format == "json" {
+				enc := json.NewEncoder(c.App.Writer)
+				enc.SetIndent("", "  ")
+				return enc.Encode(rows)
+			}
+			printLeases(c.App.Writer, rows)
+			return nil
+		},
+	}
+}
+
+// leaseRow is one lease as weftctl shows it; its JSON form is weftctl's
+// output format.
+type leaseRow struct {
+	Key         string          `json:"key"`
+	Subnet      string          `json:"subnet,omitempty"`
+	IPv6Subnet  string          `json:"ipv6Subnet,omitempty"`
+	PublicIP    string          `json:"publicIP,omitempty"`
+	PublicIPv6  string          `json:"publicIPv6,omitempty"`
+	BackendType string          `json:"backendType"`
+	VtepMAC     string          `json:"vtepMAC,omitempty"`
+	Node        string          `json:"node,omitempty"`
+	TTLSeconds  int64           `json:"ttlSeconds"`
+	EtcdLease   string          `json:"etcdLease,omitempty"`
+	BackendData json.RawMessage `json:"backendData,omitempty"`
+	Error       string          `json:"error,omitempty"`
+}
+
+func leaseRows(ctx context.Context, store *etcd.Store) ([]leaseRow, error) {
+	listing, err := store.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	rows := make([]leaseRow, len(listing.Entries))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(16)
+	for i, e := range listing.Entries {
+		rows[i] = newLeaseRow(e)
+		if e.EtcdLease == clientv3.NoLease {
+			rows[i].TTLSeconds = -1 // no TTL: the key lives until deleted
+			continue
+		}
+		g.Go(func() error {
+			ttl, err := store.TTL(gctx, e.EtcdLease)
+			rows[i].TTLSeconds = int64(ttl / time.Second)
+			return err
+		})
+	}
+	return rows, g.Wait()
+}
+
+func newLeaseRow(e etcd.Entry) leaseRow {
+	r := leaseRow{Key: e.Key}
+	if e.EtcdLease != clientv3.NoLease {
+		r.EtcdLease = fmt.Sprintf("%x", int64(e.EtcdLease))
+	}
+	if e.Err != nil {
+		r.Error = e.Err.Error()
+		return r
+	}
+	l := e.Lease
+	r.Subnet = orEmpty(l.Subnet)
+	r.IPv6Subnet = orEmpty(l.IPv6Subnet)
+	r.PublicIP = orEmpty(l.PublicIP)
+	r.PublicIPv6 = orEmpty(l.PublicIPv6)
+	r.BackendType = l.BackendType
+	if mac := l.VtepMAC(); mac != nil {
+		r.VtepMAC = mac.String()
+	}
+	r.Node = l.Node
+	r.BackendData = l.BackendData
+	return r
+}
+
+func printLeases(w io.Writer, rows []leaseRow) {
+	dual := false
+	for _, r := range rows {
+		dual = dual || r.IPv6Subnet != ""
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	if dual {
+		fmt.Fprintln(tw, "SUBNET\tIPV6 SUBNET\tPUBLIC IP\tPUBLIC IPV6\tBACKEND\tVTEP MAC\tNODE\tTTL")
+	} else {
+		fmt.Fprintln(tw, "SUBNET\tPUBLIC IP\tBACKEND\tVTEP MAC\tNODE\tTTL")
+	}
+	for _, r := range rows {
+		if r.Error != "" {
+			fmt.Fprintf(os.Stderr, "weftctl: invalid lease %s: %s\n", r.Key, r.Error)
+			continue
+		}
+		cols := []string{dash(r.Subnet)}
+		if dual {
+			cols = append(cols, dash(r.IPv6Subnet), dash(r.PublicIP), dash(r.PublicIPv6))
+		} else {
+			cols = append(cols, dash(r.PublicIP))
+		}
+		cols = append(cols, dash(r.BackendType), dash(r.VtepMAC), dash(r.Node), ttlString(r.TTLSeconds))
+		for i, col := range cols {
+			if i > 0 {
+				fmt.Fprint(tw, "\t")
+			}
+			fmt.Fprint(tw, col)
+		}
+		fmt.Fprintln(tw)
+	}
+	tw.Flush()
+}
+
+func ttlString(s int64) string {
+	switch {
+	case s < 0:
+		return "none"
+	case s == 0:
+		return "expired"
+	}
+	return (time.Duration(s) * time.Second).String()
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// orEmpty formats an address or prefix, or "" when it is absent.
+func orEmpty(v interface {
+	IsValid() bool
+	String() string
+}) string {
+	if !v.IsValid() {
+		return ""
+	}
+	return v.String()
+}
+
+// openStore connects to etcd as the global flags say.
+func openStore(c *cli.Context) (*etcd.Store, func(), error) {
+	cli, err := etcd.NewClient(etcdflags.ClientConfig(c))
+	if err != nil {
+		return nil, nil, err
+	}
+	store := etcd.New(cli, etcd.Options{Prefix: c.String("etcd-prefix"), Timeout: 5 * time.Second})
+	return store, func() { cli.Close() }, nil
+}
