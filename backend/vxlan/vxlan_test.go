@@ -1,0 +1,199 @@
+package vxlan
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/netip"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/weft-net/weft/backend"
+	"github.com/weft-net/weft/internal/testenv"
+	"github.com/weft-net/weft/subnet"
+)
+
+// newNode makes a namespace with an eth0 at 198.18.0.1/24.
+func newNode(t *testing.T) (*testenv.NetNS, *backend.ExternalInterface) {
+	t.Helper()
+	n := testenv.NewNetNS(t)
+	idx := n.AddUplink(t, "eth0", 1500, "198.18.0.1/24")
+	return n, &backend.ExternalInterface{
+		Name: "eth0", Index: idx, MTU: 1500,
+		Addrs:   []netip.Prefix{netip.MustParsePrefix("198.18.0.1/24")},
+		LocalIP: netip.MustParseAddr("198.18.0.1"), PublicIP: netip.MustParseAddr("198.18.0.1"),
+	}
+}
+
+func newVXLAN(t *testing.T, n *testenv.NetNS, ext *backend.ExternalInterface, conf string) *VXLAN {
+	t.Helper()
+	cfg, _, err := subnet.ParseConfig([]byte(conf))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := New(backend.Env{Netlink: n.Netlink, Ext: ext, Network: cfg, Log: logrus.NewEntry(logrus.New())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+func peer(n int, mac string) subnet.Lease {
+	return subnet.Lease{
+		Subnet: netip.MustParsePrefix(fmt.Sprintf("100.96.%d.0/24", n)),
+		Attrs: subnet.Attrs{
+			PublicIP:    netip.MustParseAddr(fmt.Sprintf("198.18.0.%d", n)),
+			BackendType: "vxlan",
+			BackendData: json.RawMessage(fmt.Sprintf(`{"VNI":1,"VtepMAC":%q}`, mac)),
+		},
+	}
+}
+
+var self = subnet.Lease{Subnet: netip.MustParsePrefix("100.96.1.0/24")}
+
+// ip runs iproute2 in the namespace and returns its output.
+func ip(t *testing.T, n *testenv.NetNS, args ...string) string {
+	t.Helper()
+	out, err := exec.Command("ip", append([]string{"-n", n.Name}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("ip %v: %v\n%s", args, err, out)
+	}
+	return string(out)
+}
+
+func TestSetupAndSyncProgramFlannelsScheme(t *testing.T) {
+	n, ext := newNode(t)
+	v := newVXLAN(t, n, ext, `{"Network":"100.96.0.0/12"}`)
+	pub, err := v.Setup(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var data LeaseData
+	json.Unmarshal(pub.Data, &data)
+	if data.VNI != 1 || data.VtepMAC != v.mac.String() {
+		t.Fatalf("published %s", pub.Data)
+	}
+	dev := ip(t, n, "-d", "link", "show", "weft.1")
+	for _, want := range []string{"mtu 1450", "vxlan id 1", "local 198.18.0.1", "dev eth0", "dstport 8472", "nolearning", data.VtepMAC} {
+		if !strings.Contains(dev, want) {
+			t.Errorf("device lacks %q:\n%s", want, dev)
+		}
+	}
+
+	// Someone else's route must survive every sync.
+	ip(t, n, "route", "add", "100.99.0.0/24", "via", "198.18.0.254", "proto", "static")
+
+	peers := []subnet.Lease{peer(2, "0e:00:00:00:00:02"), peer(3, "0e:00:00:00:00:03")}
+	stats, err := v.Sync(context.Background(), self, peers)
+	if err != nil || stats.Programmed != 2 {
+		t.Fatalf("Sync = %+v, %v", stats, err)
+	}
+	want := map[string][]string{
+		"addr show dev weft.1":     {"inet 100.96.1.0/32"},
+		"route show proto 87":      {"100.96.2.0/24 via 100.96.2.0 dev weft.1 onlink", "100.96.3.0/24 via 100.96.3.0 dev weft.1 onlink"},
+		"neigh show dev weft.1":    {"100.96.2.0 lladdr 0e:00:00:00:00:02 PERMANENT", "100.96.3.0 lladdr 0e:00:00:00:00:03 PERMANENT"},
+		"route show 100.99.0.0/24": {"100.99.0.0/24 via 198.18.0.254 dev eth0 proto static"},
+	}
+	for cmd, lines := range want {
+		out := ip(t, n, strings.Fields(cmd)...)
+		for _, l := range lines {
+			if !strings.Contains(out, l) {
+				t.Errorf("ip %s lacks %q:\n%s", cmd, l, out)
+			}
+		}
+	}
+	fdb, _ := exec.Command("bridge", "-n", n.Name, "fdb", "show", "dev", "weft.1").CombinedOutput()
+	for _, l := range []string{"0e:00:00:00:00:02 dst 198.18.0.2 self permanent", "0e:00:00:00:00:03 dst 198.18.0.3 self permanent"} {
+		if !strings.Contains(string(fdb), l) {
+			t.Errorf("fdb lacks %q:\n%s", l, fdb)
+		}
+	}
+
+	// Drift: entries deleted by hand come back on the next sync.
+	ip(t, n, "neigh", "del", "100.96.2.0", "dev", "weft.1")
+	ip(t, n, "route", "del", "100.96.3.0/24")
+	exec.Command("bridge", "-n", n.Name, "fdb", "del", "0e:00:00:00:00:02", "dev", "weft.1", "dst", "198.18.0.2", "self").Run()
+	if _, err := v.Sync(context.Background(), self, peers); err != nil {
+		t.Fatal(err)
+	}
+	if out := ip(t, n, "neigh", "show", "dev", "weft.1"); !strings.Contains(out, "100.96.2.0 lladdr 0e:00:00:00:00:02") {
+		t.Errorf("neighbour not restored:\n%s", out)
+	}
+	if out := ip(t, n, "route", "show", "proto", "87"); !strings.Contains(out, "100.96.3.0/24") {
+		t.Errorf("route not restored:\n%s", out)
+	}
+	if fdb, _ := exec.Command("bridge", "-n", n.Name, "fdb", "show", "dev", "weft.1").CombinedOutput(); !strings.Contains(string(fdb), "0e:00:00:00:00:02 dst 198.18.0.2") {
+		t.Errorf("fdb not restored:\n%s", fdb)
+	}
+
+	// A peer leaves, another switches to host-gw: only the rest remains.
+	gone := peer(3, "0e:00:00:00:00:03")
+	gone.BackendType = "host-gw"
+	stats, err = v.Sync(context.Background(), self, []subnet.Lease{peers[0], gone})
+	if err != nil || stats.Programmed != 1 || stats.OtherType != 1 {
+		t.Fatalf("Sync = %+v, %v", stats, err)
+	}
+	if out := ip(t, n, "route", "show", "proto", "87"); strings.Contains(out, "100.96.3.0") || !strings.Contains(out, "100.96.2.0") {
+		t.Errorf("routes after removal:\n%s", out)
+	}
+	if out := ip(t, n, "neigh", "show", "dev", "weft.1"); strings.Contains(out, "100.96.3.0") {
+		t.Errorf("stale neighbour:\n%s", out)
+	}
+	if fdb, _ := exec.Command("bridge", "-n", n.Name, "fdb", "show", "dev", "weft.1").CombinedOutput(); strings.Contains(string(fdb), "0e:00:00:00:00:03") {
+		t.Errorf("stale fdb:\n%s", fdb)
+	}
+	if out := ip(t, n, "route", "show", "100.99.0.0/24"); !strings.Contains(out, "proto static") {
+		t.Errorf("someone else's route was touched:\n%s", out)
+	}
+
+	if err := v.Teardown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.Netlink.LinkByName("weft.1"); err == nil {
+		t.Error("device still there after Teardown")
+	}
+}
+
+func TestSetupReusesCompatibleAndRecreatesIncompatibleDevice(t *testing.T) {
+	n, ext := newNode(t)
+	v := newVXLAN(t, n, ext, `{"Network":"100.96.0.0/12"}`)
+	if _, err := v.Setup(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := n.Netlink.LinkByName("weft.1")
+
+	again := newVXLAN(t, n, ext, `{"Network":"100.96.0.0/12"}`)
+	if _, err := again.Setup(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	after, _ := n.Netlink.LinkByName("weft.1")
+	if after.Attrs().Index != before.Attrs().Index {
+		t.Error("a compatible device was re-created")
+	}
+
+	other := newVXLAN(t, n, ext, `{"Network":"100.96.0.0/12","Backend":{"Type":"vxlan","Port":4789,"MTU":1400}}`)
+	if _, err := other.Setup(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	dev := ip(t, n, "-d", "link", "show", "weft.1")
+	if !strings.Contains(dev, "dstport 4789") || !strings.Contains(dev, "mtu 1400") {
+		t.Errorf("device not re-created with the new port and MTU:\n%s", dev)
+	}
+}
+
+func TestStableMAC(t *testing.T) {
+	a := stableMAC(netip.MustParseAddr("198.18.0.1"), 1)
+	if a.String() != stableMAC(netip.MustParseAddr("198.18.0.1"), 1).String() {
+		t.Fatal("not stable")
+	}
+	if a.String() == stableMAC(netip.MustParseAddr("198.18.0.2"), 1).String() {
+		t.Fatal("same MAC for two nodes")
+	}
+	if a[0]&0x01 != 0 || a[0]&0x02 == 0 {
+		t.Fatalf("%s is not a locally administered unicast MAC", net.HardwareAddr(a))
+	}
+}
