@@ -73,3 +73,15 @@ func (n *NetNS) AddUplink(t testing.TB, name string, mtu int, addr string) int {
 	}
 	return link.Attrs().Index
 }
+
+// InNamedNetNS runs f on a thread inside the network namespace
+// /run/netns/name. Sockets f creates stay in that namespace, so a listener
+// made here can be used (Accept) from any goroutine afterwards.
+func InNamedNetNS(name string, f func() error) error {
+	n, err := ns.GetNS(filepath.Join("/run/netns", name))
+	if err != nil {
+		return err
+	}
+	defer n.Close()
+	return n.Do(func(ns.NetNS) error { return f() })
+}

@@ -1,0 +1,100 @@
+// Package daemon is weftd: it leases this node's subnet, programs the
+// kernel through a backend so every peer's pods are reachable, and keeps
+// both in step with etcd until told to stop.
+package daemon
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"regexp"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/weft-net/weft/subnet/etcd"
+)
+
+// Config is weftd's configuration, from its flags.
+type Config struct {
+	Etcd     etcd.ClientConfig
+	Prefix   string
+	LeaseTTL time.Duration
+
+	Ifaces        []string
+	IfaceRegex    []string
+	IfaceCanReach netip.Addr
+	PublicIP      netip.Addr
+	PublicIPv6    netip.Addr
+
+	// NetConfigPath, when set, is read instead of <prefix>/config.
+	NetConfigPath string
+	SubnetFile    string
+	IPMasq        bool
+	// HealthzAddr serves /healthz, /readyz, /metrics and /status; empty
+	// disables it.
+	HealthzAddr string
+	NodeName    string
+	// ResyncInterval is how often the kernel is compared with the leases
+	// even without events (drift repair).
+	ResyncInterval time.Duration
+
+	Log *logrus.Logger
+}
+
+// InvalidError is a configuration or flag value weftd cannot run with
+// (exit status 2).
+type InvalidError struct{ Err error }
+
+func (e *InvalidError) Error() string { return e.Err.Error() }
+func (e *InvalidError) Unwrap() error { return e.Err }
+
+func invalid(format string, args ...any) error {
+	return &InvalidError{Err: fmt.Errorf(format, args...)}
+}
+
+// Validate checks what can be checked without the network. Its errors are
+// *InvalidError and name the flag and the value.
+func (c *Config) Validate() error {
+	if len(c.Etcd.Endpoints) == 0 && c.NetConfigPath == "" {
+		return invalid("--etcd-endpoints is empty; give at least one etcd URL")
+	}
+	for _, ep := range c.Etcd.Endpoints {
+		if !regexp.MustCompile(`^(https?|unix|unixs)://`).MatchString(ep) {
+			return invalid("--etcd-endpoints %q is not a URL; use http://host:port or https://host:port", ep)
+		}
+	}
+	if (c.Etcd.CertFile == "") != (c.Etcd.KeyFile == "") {
+		return invalid("--etcd-certfile and --etcd-keyfile go together; give both or neither")
+	}
+	if c.Prefix == "" || c.Prefix[0] != '/' {
+		return invalid("--etcd-prefix %q must start with /", c.Prefix)
+	}
+	if c.LeaseTTL < 5*time.Second {
+		return invalid("--lease-ttl %v is too short; use at least 5s", c.LeaseTTL)
+	}
+	for _, expr := range c.IfaceRegex {
+		if _, err := regexp.Compile(expr); err != nil {
+			return invalid("--iface-regex %q is not a regular expression: %v", expr, err)
+		}
+	}
+	if c.PublicIP.IsValid() && !c.PublicIP.Is4() {
+		return invalid("--public-ip %s is not an IPv4 address; use --public-ipv6 for IPv6", c.PublicIP)
+	}
+	if c.PublicIPv6.IsValid() && !c.PublicIPv6.Is6() {
+		return invalid("--public-ipv6 %s is not an IPv6 address", c.PublicIPv6)
+	}
+	if c.SubnetFile == "" {
+		return invalid("--subnet-file is empty")
+	}
+	if c.NodeName == "" {
+		return invalid("--node-name is empty and the host name is unknown")
+	}
+	if c.ResyncInterval <= 0 {
+		return invalid("--resync-interval %v must be positive", c.ResyncInterval)
+	}
+	if c.Log == nil {
+		return errors.New("daemon: no logger")
+	}
+	return nil
+}

@@ -1,0 +1,394 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
+	"github.com/google/nftables"
+	"github.com/sirupsen/logrus"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/weft-net/weft/backend"
+	"github.com/weft-net/weft/backend/hostgw"
+	"github.com/weft-net/weft/backend/vxlan"
+	"github.com/weft-net/weft/internal/masq"
+	"github.com/weft-net/weft/internal/status"
+	"github.com/weft-net/weft/subnet"
+	"github.com/weft-net/weft/subnet/etcd"
+)
+
+// backends maps each backend type to its constructor.
+var backends = map[string]func(backend.Env) (backend.Backend, error){
+	subnet.BackendVXLAN:  func(env backend.Env) (backend.Backend, error) { return vxlan.New(env) },
+	subnet.BackendHostGW: func(env backend.Env) (backend.Backend, error) { return hostgw.New(env) },
+}
+
+// Run is weftd. It starts every goroutine it needs and returns when ctx
+// ends (nil) or something fails for good. Order of startup: health server,
+// configuration, external interface, backend Setup, subnet lease, first
+// programming of all peers, nftables rules, subnet.env, ready. On return
+// the kernel state is left as it is, so pods keep working while weftd
+// restarts. Errors that come from bad flags or configuration are
+// *InvalidError or *subnet.ConfigError.
+func Run(ctx context.Context, cfg *Config) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	log := logrus.NewEntry(cfg.Log)
+	st := &state{}
+	st.update(func(s *status.Status) { s.Node, s.NotReady = cfg.NodeName, "starting" })
+
+	g, ctx := errgroup.WithContext(ctx)
+	var healthListener net.Listener
+	if cfg.HealthzAddr != "" {
+		l, err := net.Listen("tcp", cfg.HealthzAddr)
+		if err != nil {
+			return invalid("--healthz-addr %s: %v", cfg.HealthzAddr, err)
+		}
+		healthListener = l
+	}
+
+	cli, err := etcd.NewClient(cfg.Etcd)
+	if err != nil {
+		if healthListener != nil {
+			healthListener.Close()
+		}
+		return &InvalidError{Err: err}
+	}
+	defer cli.Close()
+	store := etcd.New(cli, etcd.Options{Prefix: cfg.Prefix, TTL: cfg.LeaseTTL, Log: log.WithField("component", "store")})
+
+	d := &daemon{cfg: cfg, log: log, store: store, state: st}
+	d.netCfg, err = d.readNetConfig(ctx)
+	if err != nil {
+		if healthListener != nil {
+			healthListener.Close()
+		}
+		return err
+	}
+	m := newMetrics(d.netCfg.Backend.Type, store.WatchRestarts)
+	d.metrics = m
+	if healthListener != nil {
+		g.Go(func() error { return serveHealth(ctx, healthListener, st, m) })
+	}
+	g.Go(func() error { return d.run(ctx) })
+	err = g.Wait()
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}
+
+// daemon is the state of one Run.
+type daemon struct {
+	cfg     *Config
+	log     *logrus.Entry
+	store   *etcd.Store
+	state   *state
+	metrics *metrics
+
+	netCfg  *subnet.Config
+	nl      netlinksafe.Handle
+	ext     *backend.ExternalInterface
+	backend backend.Backend
+	claim   *etcd.Claim
+}
+
+// readNetConfig reads net-conf.json from --net-config-path or etcd. While
+// etcd is unreachable or holds no configuration it waits, saying so every
+// few seconds.
+func (d *daemon) readNetConfig(ctx context.Context) (*subnet.Config, error) {
+	log := d.log.WithField("component", "config")
+	var cfg *subnet.Config
+	var warnings []string
+	if d.cfg.NetConfigPath != "" {
+		data, err := os.ReadFile(d.cfg.NetConfigPath)
+		if err != nil {
+			return nil, invalid("--net-config-path: %v", err)
+		}
+		if cfg, warnings, err = subnet.ParseConfig(data); err != nil {
+			return nil, fmt.Errorf("%s: %w", d.cfg.NetConfigPath, err)
+		}
+	} else {
+		var last time.Time
+		for {
+			var err error
+			cfg, warnings, err = d.store.GetConfig(ctx)
+			var bad *subnet.ConfigError
+			if errors.As(err, &bad) {
+				return nil, fmt.Errorf("%s in etcd: %w", d.store.ConfigKey(), err)
+			}
+			if err == nil {
+				break
+			}
+			if time.Since(last) > 5*time.Second {
+				last = time.Now()
+				log.WithField("endpoints", d.store.Endpoints()).WithError(err).Warn("waiting for the network configuration in etcd")
+			}
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-time.After(time.Second):
+			}
+		}
+	}
+	for _, w := range warnings {
+		log.Warn(w)
+	}
+	log.WithFields(logrus.Fields{"network": cfg.IPv4.Network, "ipv6_network": cfg.IPv6.Network, "backend": cfg.Backend.Type}).Info("network configuration")
+	return cfg, nil
+}
+
+func (d *daemon) run(ctx context.Context) error {
+	var err error
+	d.nl, err = netlinksafe.NewHandle()
+	if err != nil {
+		return fmt.Errorf("opening netlink: %w", err)
+	}
+	defer d.nl.Close()
+
+	ipv6Only := !d.netCfg.IPv4.Enabled()
+	ext, why, err := chooseInterface(d.nl, d.cfg, ipv6Only)
+	if err != nil {
+		return &InvalidError{Err: err}
+	}
+	d.ext = ext
+	d.log.WithFields(logrus.Fields{"interface": ext.Name, "local_ip": ext.LocalIP, "public_ip": ext.PublicIP, "mtu": ext.MTU}).
+		Infof("using interface %s because %s", ext.Name, why)
+	if d.netCfg.IPv4.Enabled() && !ext.PublicIP.IsValid() {
+		return invalid("interface %s has no IPv4 address and no --public-ip is given", ext.Name)
+	}
+	if d.netCfg.IPv6.Enabled() && !ext.PublicIPv6.IsValid() {
+		return invalid("interface %s has no IPv6 address and no --public-ipv6 is given", ext.Name)
+	}
+	checkForwarding(d.log, d.netCfg)
+
+	newBackend, ok := backends[d.netCfg.Backend.Type]
+	if !ok {
+		return invalid("Backend.Type %q is not available in this weftd (it has %v)", d.netCfg.Backend.Type, backendNames())
+	}
+	env := backend.Env{Netlink: d.nl, Ext: ext, Network: d.netCfg, Log: d.log}
+	if d.backend, err = newBackend(env); err != nil {
+		return &InvalidError{Err: err}
+	}
+	published, err := d.backend.Setup(ctx)
+	if err != nil {
+		return fmt.Errorf("setting up the %s backend: %w", d.backend.Type(), err)
+	}
+
+	req := etcd.AcquireRequest{
+		Config: d.netCfg,
+		Attrs: subnet.Attrs{
+			PublicIP: ext.PublicIP, BackendType: d.backend.Type(),
+			BackendData: published.Data, BackendV6Data: published.V6Data, Node: d.cfg.NodeName,
+		},
+	}
+	if d.netCfg.IPv6.Enabled() {
+		req.Attrs.PublicIPv6 = ext.PublicIPv6
+	}
+	if !d.netCfg.IPv4.Enabled() {
+		req.Attrs.PublicIP = netip.Addr{}
+	}
+	if prev, err := subnet.ReadEnvFile(d.cfg.SubnetFile); err == nil {
+		req.Previous, req.PreviousIPv6 = prev.Subnet.Masked(), prev.IPv6Subnet.Masked()
+	}
+	d.state.update(func(s *status.Status) { s.NotReady = "acquiring a subnet lease" })
+	if d.claim, err = d.store.Acquire(ctx, req); err != nil {
+		return err
+	}
+	self := d.claim.Lease()
+	d.state.update(func(s *status.Status) {
+		s.Backend, s.Interface, s.MTU = d.backend.Type(), ext.Name, d.backend.MTU()
+		s.PublicIP, s.PublicIPv6 = addrString(req.Attrs.PublicIP), addrString(req.Attrs.PublicIPv6)
+		s.Subnet, s.IPv6Subnet = prefixString(self.Subnet), prefixString(self.IPv6Subnet)
+		s.NotReady = "programming peers"
+	})
+
+	g, ctx := errgroup.WithContext(ctx)
+	events := make(chan []subnet.Event, 64)
+	kick := make(chan struct{}, 1)
+	g.Go(func() error { d.claim.Keep(ctx); return ctx.Err() })
+	g.Go(func() error { return d.store.Watch(ctx, d.netCfg, events) })
+	g.Go(func() error { return d.watchKernel(ctx, kick) })
+	g.Go(func() error { return d.reportLease(ctx) })
+	g.Go(func() error { return d.syncLoop(ctx, events, kick) })
+	return g.Wait()
+}
+
+func backendNames() []string {
+	var names []string
+	for _, t := range subnet.BackendTypes {
+		if _, ok := backends[t]; ok {
+			names = append(names, t)
+		}
+	}
+	return names
+}
+
+// syncLoop owns the set of peers: it applies lease events, coalescing
+// bursts into one sync, and syncs again on kernel events and every
+// ResyncInterval to repair drift. The first sync after the initial listing
+// is followed by the nftables rules and subnet.env, and then readiness.
+func (d *daemon) syncLoop(ctx context.Context, events <-chan []subnet.Event, kick <-chan struct{}) error {
+	log := d.log.WithField("component", "sync")
+	self := d.claim.Lease()
+	peers := map[string]subnet.Lease{}
+	apply := func(batch []subnet.Event) {
+		for _, ev := range batch {
+			key := ev.Lease.Key()
+			if key == self.Key() {
+				continue
+			}
+			if ev.Type == subnet.Removed {
+				delete(peers, key)
+				continue
+			}
+			if overlaps(ev.Lease, self) {
+				log.WithField("peer", key).Warn("ignoring a lease that overlaps this node's subnet")
+				continue
+			}
+			peers[key] = ev.Lease
+		}
+	}
+	// Wait for the first listing: syncing before it would delete routes a
+	// restarted daemon should keep.
+	select {
+	case batch := <-events:
+		apply(batch)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	ready := false
+	ticker := time.NewTicker(d.cfg.ResyncInterval)
+	defer ticker.Stop()
+	for {
+	drain: // coalesce whatever else has arrived
+		for {
+			select {
+			case batch := <-events:
+				apply(batch)
+			default:
+				break drain
+			}
+		}
+		err := d.sync(ctx, self, peers)
+		if !ready && err == nil {
+			if err := d.finishStartup(); err != nil {
+				return err
+			}
+			ready = true
+		}
+		if err != nil {
+			log.WithError(err).Warn("sync incomplete; retrying")
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case batch := <-events:
+			apply(batch)
+		case <-kick:
+		case <-ticker.C:
+		}
+	}
+}
+
+func (d *daemon) sync(ctx context.Context, self subnet.Lease, peers map[string]subnet.Lease) error {
+	list := make([]subnet.Lease, 0, len(peers))
+	for _, p := range peers {
+		list = append(list, p)
+	}
+	start := time.Now()
+	stats, err := d.backend.Sync(ctx, self, list)
+	elapsed := time.Since(start)
+	d.metrics.observeSync(elapsed, stats, err)
+	d.state.update(func(s *status.Status) {
+		s.Peers = status.Peers{Known: len(list), Programmed: stats.Programmed, OtherType: stats.OtherType, Unreachable: stats.Unreachable}
+		s.LastSync = time.Now()
+		s.LastSyncErr = ""
+		if err != nil {
+			s.LastSyncErr = err.Error()
+			s.SyncErrors++
+		}
+		s.Restarts = d.store.WatchRestarts()
+	})
+	return err
+}
+
+// finishStartup installs the nftables rules and writes subnet.env, after
+// which the node is ready.
+func (d *daemon) finishStartup() error {
+	self := d.claim.Lease()
+	conn, err := nftables.New()
+	if err != nil {
+		return fmt.Errorf("opening nftables: %w", err)
+	}
+	var networks []netip.Prefix
+	for _, p := range d.netCfg.Pools() {
+		networks = append(networks, p.Network)
+	}
+	if err := masq.Apply(conn, masq.Rules{Networks: networks, Masquerade: d.cfg.IPMasq}); err != nil {
+		return err
+	}
+	env := &subnet.Env{
+		Network: d.netCfg.IPv4.Network, Subnet: subnet.GatewayPrefix(self.Subnet),
+		IPv6Network: d.netCfg.IPv6.Network, IPv6Subnet: subnet.GatewayPrefix(self.IPv6Subnet),
+		MTU: d.backend.MTU(), IPMasq: d.cfg.IPMasq,
+	}
+	if err := subnet.WriteEnvFile(d.cfg.SubnetFile, env); err != nil {
+		return err
+	}
+	d.state.update(func(s *status.Status) { s.Ready, s.NotReady = true, "" })
+	d.metrics.ready.Set(1)
+	d.log.WithFields(logrus.Fields{"subnet": self.Key(), "subnet_file": d.cfg.SubnetFile, "mtu": env.MTU}).Info("ready")
+	return nil
+}
+
+// reportLease keeps the lease TTL metric and the lease problem current.
+func (d *daemon) reportLease(ctx context.Context) error {
+	for {
+		ttl, err := d.store.TTL(ctx, d.claim.EtcdLease())
+		if err == nil {
+			d.metrics.leaseTTL.Set(ttl.Seconds())
+		}
+		problem := d.claim.Problem()
+		d.state.update(func(s *status.Status) {
+			if err == nil {
+				s.LeaseTTL = int64(ttl / time.Second)
+			}
+			s.LeaseIssue = ""
+			if problem != nil {
+				s.LeaseIssue = problem.Error()
+			}
+		})
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(10 * time.Second):
+		}
+	}
+}
+
+func overlaps(a, b subnet.Lease) bool {
+	return a.Subnet.IsValid() && b.Subnet.IsValid() && a.Subnet.Overlaps(b.Subnet) ||
+		a.IPv6Subnet.IsValid() && b.IPv6Subnet.IsValid() && a.IPv6Subnet.Overlaps(b.IPv6Subnet)
+}
+
+func addrString(a netip.Addr) string {
+	if !a.IsValid() {
+		return ""
+	}
+	return a.String()
+}
+
+func prefixString(p netip.Prefix) string {
+	if !p.IsValid() {
+		return ""
+	}
+	return p.String()
+}

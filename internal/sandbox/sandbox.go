@@ -1,0 +1,405 @@
+// Package sandbox builds a weft cluster on one machine out of network
+// namespaces, for the end-to-end tests, `weftctl sandbox` and the demo:
+//
+//	fabric netns: bridge br0 198.18.0.254/24, etcd on :2379
+//	  ├── node-1 netns: eth0 198.18.0.1, weftd, cni0 <subnet .1> ── pod netns …
+//	  ├── node-2 netns: eth0 198.18.0.2, …
+//	  └── node-N
+//
+// Nothing is added to the machine's own namespace: every device, address
+// and route lives in a namespace the sandbox made, and Down removes them
+// all with the processes it started.
+package sandbox
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/weft-net/weft/subnet"
+)
+
+// Options describes a cluster.
+type Options struct {
+	// Name prefixes every namespace the cluster makes ("weft" makes
+	// weft-fabric, weft-node-1, …). Keep it short and unique.
+	Name string
+	// Dir holds etcd's data, each node's subnet.env and the logs.
+	Dir string
+	// BinDir holds weftd and weft-etcd.
+	BinDir string
+	// Nodes to start with.
+	Nodes int
+	// NetConf is net-conf.json; default: 100.96.0.0/12 with Backend.
+	NetConf string
+	// Backend type for the default NetConf (default vxlan).
+	Backend string
+	// IPMasq passes --ip-masq to every weftd.
+	IPMasq bool
+	// LeaseTTL passes --lease-ttl (default: weftd's).
+	LeaseTTL time.Duration
+	// Detach starts processes in sessions of their own so that they outlive
+	// the caller (weftctl sandbox up); otherwise they die with it.
+	Detach bool
+	// Log receives one line per step; may be nil.
+	Log func(format string, args ...any)
+}
+
+// Cluster is a running sandbox. Its methods are not safe for concurrent use.
+type Cluster struct {
+	opts   Options
+	Fabric string // fabric namespace
+	etcd   *process
+	Nodes  []*Node
+	// added counts nodes ever added, so a new node never reuses the name
+	// or address of one that left.
+	added int
+}
+
+// Node is one node namespace running weftd.
+type Node struct {
+	Name       string // node-1
+	NS         string // its namespace
+	IP         netip.Addr
+	SubnetFile string
+	LogFile    string
+	weftd      *process
+	Pods       []*Pod
+}
+
+// Pod is a namespace on a node's cni0 bridge with an address from the
+// node's subnet.
+type Pod struct {
+	Name string
+	NS   string
+	IP   netip.Addr
+	Node *Node
+}
+
+// FabricIP is the fabric bridge's address, where etcd listens.
+var FabricIP = netip.MustParseAddr("198.18.0.254")
+
+// EtcdEndpoint is etcd's client URL as nodes see it.
+func (c *Cluster) EtcdEndpoint() string { return "http://" + FabricIP.String() + ":2379" }
+
+func (o *Options) logf(format string, args ...any) {
+	if o.Log != nil {
+		o.Log(format, args...)
+	}
+}
+
+// Up builds the fabric, starts etcd, writes the network configuration and
+// starts opts.Nodes nodes, waiting until each is ready. On error it tears
+// down what it built.
+func Up(ctx context.Context, opts Options) (c *Cluster, err error) {
+	if opts.Name == "" {
+		opts.Name = "weft"
+	}
+	if opts.Backend == "" {
+		opts.Backend = subnet.BackendVXLAN
+	}
+	if opts.NetConf == "" {
+		opts.NetConf = fmt.Sprintf(`{"Network":"100.96.0.0/12","Backend":{"Type":%q}}`, opts.Backend)
+	}
+	if _, _, err := subnet.ParseConfig([]byte(opts.NetConf)); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(opts.Dir, 0o755); err != nil {
+		return nil, err
+	}
+	c = &Cluster{opts: opts, Fabric: opts.Name + "-fabric"}
+	defer func() {
+		if err != nil {
+			c.Down()
+			c = nil
+		}
+	}()
+
+	opts.logf("fabric: namespace %s, bridge br0 %s/24", c.Fabric, FabricIP)
+	if err := c.netns(c.Fabric); err != nil {
+		return c, err
+	}
+	if err := runAll(
+		[]string{"ip", "-n", c.Fabric, "link", "set", "lo", "up"},
+		[]string{"ip", "-n", c.Fabric, "link", "add", "br0", "type", "bridge"},
+		[]string{"ip", "-n", c.Fabric, "addr", "add", FabricIP.String() + "/24", "dev", "br0"},
+		[]string{"ip", "-n", c.Fabric, "link", "set", "br0", "up"},
+	); err != nil {
+		return c, err
+	}
+
+	opts.logf("etcd: %s in %s", c.EtcdEndpoint(), c.Fabric)
+	c.etcd, err = c.start(c.Fabric, filepath.Join(opts.Dir, "etcd.log"), filepath.Join(opts.BinDir, "weft-etcd"),
+		"--data-dir", filepath.Join(opts.Dir, "etcd"),
+		"--listen-client-urls", c.EtcdEndpoint(),
+		"--listen-peer-urls", "http://127.0.0.1:2380",
+		"--unsafe-no-fsync")
+	if err != nil {
+		return c, err
+	}
+	if err := c.etcd.waitForOutput(ctx, "ready", 60*time.Second); err != nil {
+		return c, fmt.Errorf("etcd: %w", err)
+	}
+	if err := c.SetNetConf(ctx, opts.NetConf); err != nil {
+		return c, err
+	}
+	for range opts.Nodes {
+		if _, err := c.AddNode(ctx); err != nil {
+			return c, err
+		}
+	}
+	return c, nil
+}
+
+// SetNetConf writes net-conf.json to etcd with the weftctl next to weftd.
+func (c *Cluster) SetNetConf(ctx context.Context, conf string) error {
+	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", c.Fabric, filepath.Join(c.opts.BinDir, "weftctl"),
+		"--etcd-endpoints", c.EtcdEndpoint(), "config", "set", "-")
+	cmd.Stdin = strings.NewReader(conf)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("weftctl config set: %v: %s", err, out)
+	}
+	return nil
+}
+
+// Weftctl runs weftctl against the cluster's etcd and returns its output.
+func (c *Cluster) Weftctl(ctx context.Context, args ...string) (string, error) {
+	full := append([]string{"netns", "exec", c.Fabric, filepath.Join(c.opts.BinDir, "weftctl"), "--etcd-endpoints", c.EtcdEndpoint()}, args...)
+	out, err := exec.CommandContext(ctx, "ip", full...).CombinedOutput()
+	return string(out), err
+}
+
+// AddNode creates the next node and waits until its weftd is ready.
+func (c *Cluster) AddNode(ctx context.Context) (*Node, error) {
+	c.added++
+	i := c.added
+	if i > 250 {
+		return nil, errors.New("sandbox: at most 250 nodes")
+	}
+	n := &Node{
+		Name: "node-" + strconv.Itoa(i),
+		NS:   fmt.Sprintf("%s-node-%d", c.opts.Name, i),
+		IP:   netip.AddrFrom4([4]byte{198, 18, 0, byte(i)}),
+	}
+	dir := filepath.Join(c.opts.Dir, n.Name)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	n.SubnetFile = filepath.Join(dir, "subnet.env")
+	n.LogFile = filepath.Join(dir, "weftd.log")
+	os.Remove(n.SubnetFile)
+	c.opts.logf("%s: namespace %s, eth0 %s", n.Name, n.NS, n.IP)
+	if err := c.netns(n.NS); err != nil {
+		return nil, err
+	}
+	c.Nodes = append(c.Nodes, n)
+	fabricPort := fmt.Sprintf("n%d", i)
+	if err := runAll(
+		[]string{"ip", "-n", n.NS, "link", "set", "lo", "up"},
+		[]string{"ip", "-n", n.NS, "link", "add", "eth0", "type", "veth", "peer", "name", fabricPort, "netns", c.Fabric},
+		[]string{"ip", "-n", c.Fabric, "link", "set", fabricPort, "master", "br0", "up"},
+		[]string{"ip", "-n", n.NS, "addr", "add", n.IP.String() + "/24", "dev", "eth0"},
+		[]string{"ip", "-n", n.NS, "link", "set", "eth0", "up"},
+		[]string{"ip", "-n", n.NS, "route", "add", "default", "via", FabricIP.String()},
+	); err != nil {
+		return nil, err
+	}
+	if err := c.StartWeftd(ctx, n); err != nil {
+		return nil, err
+	}
+	return n, nil
+}
+
+// StartWeftd starts weftd on n and waits until it has written subnet.env.
+func (c *Cluster) StartWeftd(ctx context.Context, n *Node) error {
+	args := []string{
+		"--etcd-endpoints", c.EtcdEndpoint(),
+		"--iface", "eth0",
+		"--node-name", n.Name,
+		"--subnet-file", n.SubnetFile,
+		"--healthz-addr", "127.0.0.1:8285",
+		"--resync-interval", "2s",
+	}
+	if c.opts.IPMasq {
+		args = append(args, "--ip-masq")
+	}
+	if c.opts.LeaseTTL != 0 {
+		args = append(args, "--lease-ttl", c.opts.LeaseTTL.String())
+	}
+	var err error
+	n.weftd, err = c.start(n.NS, n.LogFile, filepath.Join(c.opts.BinDir, "weftd"), args...)
+	if err != nil {
+		return err
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if _, err := os.Stat(n.SubnetFile); err == nil {
+			return nil
+		}
+		if n.weftd.exited() {
+			return fmt.Errorf("%s: weftd exited before it was ready:\n%s", n.Name, tailFile(n.LogFile, 2000))
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("%s: weftd not ready after 60s:\n%s", n.Name, tailFile(n.LogFile, 2000))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// StopWeftd stops n's weftd with sig (SIGTERM or SIGKILL) and waits.
+func (c *Cluster) StopWeftd(n *Node, sig syscall.Signal) {
+	if n.weftd != nil {
+		n.weftd.stop(sig)
+		n.weftd = nil
+	}
+}
+
+// Subnet reads the node's subnet from its subnet.env.
+func (n *Node) Subnet() (netip.Prefix, error) {
+	env, err := subnet.ReadEnvFile(n.SubnetFile)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	return env.Subnet.Masked(), nil
+}
+
+// AddPod creates a pod namespace on n: a veth into n's cni0 bridge (made on
+// first use from subnet.env) and the next address of n's subnet.
+func (c *Cluster) AddPod(n *Node) (*Pod, error) {
+	env, err := subnet.ReadEnvFile(n.SubnetFile)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", n.Name, err)
+	}
+	gw := env.Subnet
+	mtu := strconv.Itoa(env.MTU)
+	if len(n.Pods) == 0 {
+		if err := runAll(
+			[]string{"ip", "-n", n.NS, "link", "add", "cni0", "type", "bridge"},
+			[]string{"ip", "-n", n.NS, "link", "set", "cni0", "mtu", mtu},
+			[]string{"ip", "-n", n.NS, "addr", "add", gw.String(), "dev", "cni0"},
+			[]string{"ip", "-n", n.NS, "link", "set", "cni0", "up"},
+		); err != nil {
+			return nil, err
+		}
+	}
+	k := len(n.Pods) + 1
+	ip := gw.Addr()
+	for range k + 1 {
+		ip = ip.Next()
+	}
+	p := &Pod{Name: fmt.Sprintf("%s-pod-%d", n.Name, k), NS: fmt.Sprintf("%s-p%d", n.NS, k), IP: ip, Node: n}
+	if err := c.netns(p.NS); err != nil {
+		return nil, err
+	}
+	n.Pods = append(n.Pods, p)
+	hostSide := fmt.Sprintf("vp%d", k)
+	if err := runAll(
+		[]string{"ip", "-n", n.NS, "link", "add", hostSide, "mtu", mtu, "type", "veth", "peer", "name", "eth0", "mtu", mtu, "netns", p.NS},
+		[]string{"ip", "-n", n.NS, "link", "set", hostSide, "master", "cni0", "up"},
+		[]string{"ip", "-n", p.NS, "link", "set", "lo", "up"},
+		[]string{"ip", "-n", p.NS, "addr", "add", netip.PrefixFrom(ip, gw.Bits()).String(), "dev", "eth0"},
+		[]string{"ip", "-n", p.NS, "link", "set", "eth0", "up"},
+		[]string{"ip", "-n", p.NS, "route", "add", "default", "via", gw.Addr().String()},
+	); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// Pods returns every pod of every node.
+func (c *Cluster) Pods() []*Pod {
+	var ps []*Pod
+	for _, n := range c.Nodes {
+		ps = append(ps, n.Pods...)
+	}
+	return ps
+}
+
+// RemoveNode stops n's weftd and deletes its namespaces. Its lease stays in
+// etcd until it expires or is deleted, as when a machine dies.
+func (c *Cluster) RemoveNode(n *Node) {
+	c.StopWeftd(n, syscall.SIGKILL)
+	for _, p := range n.Pods {
+		delNetns(p.NS)
+	}
+	delNetns(n.NS)
+	for i, m := range c.Nodes {
+		if m == n {
+			c.Nodes = append(c.Nodes[:i], c.Nodes[i+1:]...)
+			break
+		}
+	}
+}
+
+// Down stops every process and deletes every namespace of the cluster. It
+// is safe to call more than once and on a half-built cluster.
+func (c *Cluster) Down() {
+	for _, n := range c.Nodes {
+		c.StopWeftd(n, syscall.SIGTERM)
+	}
+	if c.etcd != nil {
+		c.etcd.stop(syscall.SIGTERM)
+		c.etcd = nil
+	}
+	DeleteNamespaces(c.opts.Name)
+	c.Nodes = nil
+}
+
+// DeleteNamespaces deletes every namespace whose name starts with
+// name+"-", which removes the devices in them.
+func DeleteNamespaces(name string) {
+	out, _ := exec.Command("ip", "netns", "list").Output()
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 0 && strings.HasPrefix(f[0], name+"-") {
+			delNetns(f[0])
+		}
+	}
+}
+
+// Exec runs a command inside namespace ns and returns its combined output.
+func Exec(ctx context.Context, ns string, args ...string) (string, error) {
+	out, err := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns}, args...)...).CombinedOutput()
+	return string(out), err
+}
+
+func (c *Cluster) netns(name string) error {
+	delNetns(name) // a leftover of a crashed run
+	return run("ip", "netns", "add", name)
+}
+
+func delNetns(name string) { exec.Command("ip", "netns", "del", name).Run() }
+
+func run(args ...string) error {
+	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s: %v: %s", strings.Join(args, " "), err, bytes.TrimSpace(out))
+	}
+	return nil
+}
+
+func runAll(cmds ...[]string) error {
+	for _, c := range cmds {
+		if err := run(c...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func tailFile(path string, n int) string {
+	b, _ := os.ReadFile(path)
+	if len(b) > n {
+		b = b[len(b)-n:]
+	}
+	return string(b)
+}
