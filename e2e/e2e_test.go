@@ -29,6 +29,9 @@ type clusterOpts struct {
 	leaseTTL time.Duration
 }
 
+// testBin returns the path of one of weft's binaries.
+func testBin(t *testing.T, name string) string { return testenv.Binary(t, name) }
+
 // startCluster brings up a sandbox that is torn down when the test ends;
 // on failure the daemons' logs are printed.
 func startCluster(t *testing.T, o clusterOpts) *sandbox.Cluster {

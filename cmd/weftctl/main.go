@@ -20,6 +20,8 @@ func main() {
 		Commands: []*cli.Command{
 			leasesCommand(),
 			configCommand(),
+			statusCommand(),
+			sandboxCommand(),
 		},
 		ExitErrHandler: func(*cli.Context, error) {}, // main prints and exits
 	}

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strconv"
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
@@ -141,7 +142,11 @@ func (d *daemon) readNetConfig(ctx context.Context) (*subnet.Config, error) {
 	for _, w := range warnings {
 		log.Warn(w)
 	}
-	log.WithFields(logrus.Fields{"network": cfg.IPv4.Network, "ipv6_network": cfg.IPv6.Network, "backend": cfg.Backend.Type}).Info("network configuration")
+	fields := logrus.Fields{"backend": cfg.Backend.Type}
+	for _, p := range cfg.Pools() {
+		fields["network_ipv"+strconv.Itoa(map[bool]int{true: 4, false: 6}[p.Network.Addr().Is4()])] = p.Network.String()
+	}
+	log.WithFields(fields).Info("network configuration")
 	return cfg, nil
 }
 

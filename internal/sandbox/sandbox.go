@@ -85,6 +85,10 @@ type Pod struct {
 	Node *Node
 }
 
+// healthAddr is where each weftd serves /readyz and /status inside its
+// node's namespace.
+const healthAddr = "127.0.0.1:8285"
+
 // FabricIP is the fabric bridge's address, where etcd listens.
 var FabricIP = netip.MustParseAddr("198.18.0.254")
 
@@ -138,16 +142,8 @@ func Up(ctx context.Context, opts Options) (c *Cluster, err error) {
 	}
 
 	opts.logf("etcd: %s in %s", c.EtcdEndpoint(), c.Fabric)
-	c.etcd, err = c.start(c.Fabric, filepath.Join(opts.Dir, "etcd.log"), filepath.Join(opts.BinDir, "weft-etcd"),
-		"--data-dir", filepath.Join(opts.Dir, "etcd"),
-		"--listen-client-urls", c.EtcdEndpoint(),
-		"--listen-peer-urls", "http://127.0.0.1:2380",
-		"--unsafe-no-fsync")
-	if err != nil {
+	if err := c.StartEtcd(ctx); err != nil {
 		return c, err
-	}
-	if err := c.etcd.waitForOutput(ctx, "ready", 60*time.Second); err != nil {
-		return c, fmt.Errorf("etcd: %w", err)
 	}
 	if err := c.SetNetConf(ctx, opts.NetConf); err != nil {
 		return c, err
@@ -158,6 +154,37 @@ func Up(ctx context.Context, opts Options) (c *Cluster, err error) {
 		}
 	}
 	return c, nil
+}
+
+// StartEtcd starts etcd (again, after StopEtcd) on the same data and
+// waits until it serves clients.
+func (c *Cluster) StartEtcd(ctx context.Context) error {
+	if c.etcd != nil {
+		return errors.New("sandbox: etcd is already running")
+	}
+	logPath := filepath.Join(c.opts.Dir, "etcd.log")
+	os.Remove(logPath) // readiness is read from the log
+	p, err := c.start(c.Fabric, logPath, filepath.Join(c.opts.BinDir, "weft-etcd"),
+		"--data-dir", filepath.Join(c.opts.Dir, "etcd"),
+		"--listen-client-urls", c.EtcdEndpoint(),
+		"--listen-peer-urls", "http://127.0.0.1:2380",
+		"--unsafe-no-fsync")
+	if err != nil {
+		return err
+	}
+	c.etcd = p
+	if err := p.waitForOutput(ctx, "ready", 60*time.Second); err != nil {
+		return fmt.Errorf("etcd: %w", err)
+	}
+	return nil
+}
+
+// StopEtcd stops etcd; the nodes lose it until StartEtcd.
+func (c *Cluster) StopEtcd() {
+	if c.etcd != nil {
+		c.etcd.stop(syscall.SIGTERM)
+		c.etcd = nil
+	}
 }
 
 // SetNetConf writes net-conf.json to etcd with the weftctl next to weftd.
@@ -219,14 +246,14 @@ func (c *Cluster) AddNode(ctx context.Context) (*Node, error) {
 	return n, nil
 }
 
-// StartWeftd starts weftd on n and waits until it has written subnet.env.
+// StartWeftd starts weftd on n and waits until it reports ready.
 func (c *Cluster) StartWeftd(ctx context.Context, n *Node) error {
 	args := []string{
 		"--etcd-endpoints", c.EtcdEndpoint(),
 		"--iface", "eth0",
 		"--node-name", n.Name,
 		"--subnet-file", n.SubnetFile,
-		"--healthz-addr", "127.0.0.1:8285",
+		"--healthz-addr", healthAddr,
 		"--resync-interval", "2s",
 	}
 	if c.opts.IPMasq {
@@ -242,7 +269,7 @@ func (c *Cluster) StartWeftd(ctx context.Context, n *Node) error {
 	}
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		if _, err := os.Stat(n.SubnetFile); err == nil {
+		if st, err := c.Status(n); err == nil && st.Ready {
 			return nil
 		}
 		if n.weftd.exited() {
@@ -292,8 +319,8 @@ func (c *Cluster) AddPod(n *Node) (*Pod, error) {
 		}
 	}
 	k := len(n.Pods) + 1
-	ip := gw.Addr()
-	for range k + 1 {
+	ip := gw.Addr() // .1, the bridge; pods from .2
+	for range k {
 		ip = ip.Next()
 	}
 	p := &Pod{Name: fmt.Sprintf("%s-pod-%d", n.Name, k), NS: fmt.Sprintf("%s-p%d", n.NS, k), IP: ip, Node: n}
@@ -346,10 +373,7 @@ func (c *Cluster) Down() {
 	for _, n := range c.Nodes {
 		c.StopWeftd(n, syscall.SIGTERM)
 	}
-	if c.etcd != nil {
-		c.etcd.stop(syscall.SIGTERM)
-		c.etcd = nil
-	}
+	c.StopEtcd()
 	DeleteNamespaces(c.opts.Name)
 	c.Nodes = nil
 }

@@ -1,0 +1,107 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/weft-net/weft/internal/status"
+)
+
+func statusCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "status",
+		Usage: "show what the weftd on this node is doing (from its --healthz-addr)",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "healthz-addr", Value: "127.0.0.1:8285", EnvVars: []string{"WEFTCTL_HEALTHZ_ADDR"}, Usage: "weftd's --healthz-addr"},
+			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "table", Usage: "table or json"},
+		},
+		Action: func(c *cli.Context) error {
+			format := c.String("output")
+			if format != "table" && format != "json" {
+				return cli.Exit(fmt.Sprintf("--output %q is unknown; use table or json", format), 2)
+			}
+			st, err := fetchStatus(c.Context, c.String("healthz-addr"))
+			if err != nil {
+				return err
+			}
+			if format == "json" {
+				enc := json.NewEncoder(c.App.Writer)
+				enc.SetIndent("", "  ")
+				return enc.Encode(st)
+			}
+			printStatus(c.App.Writer, st, time.Now())
+			if !st.Ready {
+				return cli.Exit("", 1)
+			}
+			return nil
+		},
+	}
+}
+
+func fetchStatus(ctx context.Context, addr string) (*status.Status, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/status", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("asking weftd at %s (is it running, with --healthz-addr %s?): %w", addr, addr, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return nil, fmt.Errorf("weftd at %s answered %s: %s", addr, resp.Status, body)
+	}
+	var st status.Status
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		return nil, fmt.Errorf("decoding weftd's status: %w", err)
+	}
+	return &st, nil
+}
+
+func printStatus(w io.Writer, st *status.Status, now time.Time) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	row := func(k, v string) { fmt.Fprintf(tw, "%s\t%s\n", k, v) }
+	ready := "yes"
+	if !st.Ready {
+		ready = "no: " + st.NotReady
+	}
+	row("NODE", st.Node)
+	row("READY", ready)
+	row("BACKEND", fmt.Sprintf("%s (interface %s, pod MTU %d)", dash(st.Backend), dash(st.Interface), st.MTU))
+	row("SUBNET", dash(st.Subnet))
+	if st.IPv6Subnet != "" {
+		row("IPV6 SUBNET", st.IPv6Subnet)
+	}
+	row("PUBLIC IP", dash(st.PublicIP))
+	if st.PublicIPv6 != "" {
+		row("PUBLIC IPV6", st.PublicIPv6)
+	}
+	lease := (time.Duration(st.LeaseTTL) * time.Second).String()
+	if st.LeaseIssue != "" {
+		lease += " PROBLEM: " + st.LeaseIssue
+	}
+	row("LEASE TTL", lease)
+	row("PEERS", fmt.Sprintf("%d known, %d programmed, %d other backend, %d unreachable",
+		st.Peers.Known, st.Peers.Programmed, st.Peers.OtherType, st.Peers.Unreachable))
+	last := "never"
+	if !st.LastSync.IsZero() {
+		last = now.Sub(st.LastSync).Round(time.Millisecond).String() + " ago"
+	}
+	if st.LastSyncErr != "" {
+		last += " (failed: " + st.LastSyncErr + ")"
+	}
+	row("LAST SYNC", last)
+	row("SYNC ERRORS", fmt.Sprint(st.SyncErrors))
+	row("WATCH RESTARTS", fmt.Sprint(st.Restarts))
+	tw.Flush()
+}

@@ -1,0 +1,114 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/weft-net/weft/internal/testenv"
+)
+
+// weftd runs the built weftd inside namespace ns with env added to its
+// environment, for at most timeout.
+func weftd(t *testing.T, ns string, env []string, timeout time.Duration, args ...string) (stderr string, code int, took time.Duration) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns, testenv.Binary(t, "weftd")}, args...)...)
+	cmd.Env = append(os.Environ(), env...)
+	var errb bytes.Buffer
+	cmd.Stderr, cmd.Stdout = &errb, &errb
+	start := time.Now()
+	err := cmd.Run()
+	took = time.Since(start)
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return errb.String(), code, took
+}
+
+func TestInvalidFlagsAndConfigExit2(t *testing.T) {
+	// In a namespace of its own, so that a case that wrongly starts the
+	// daemon cannot touch this machine's network.
+	n := testenv.NewNetNS(t)
+	dir := t.TempDir()
+	badConf := filepath.Join(dir, "bad.json")
+	os.WriteFile(badConf, []byte(`{"Network":"100.96.0.0/12","Backend":{"Type":"vxlam"}}`), 0o644)
+	noNetwork := filepath.Join(dir, "empty.json")
+	os.WriteFile(noNetwork, []byte(`{}`), 0o644)
+	base := []string{"--healthz-addr", "", "--etcd-endpoints", "http://198.18.0.254:2379"}
+
+	tests := []struct {
+		name string
+		args []string
+		env  []string
+		want string
+	}{
+		{"unknown flag", []string{"--bogus"}, nil, "flag provided but not defined: -bogus"},
+		{"extra argument", []string{"start"}, nil, `unexpected argument "start"`},
+		{"log level", []string{"--log-level", "loud"}, nil, `--log-level "loud" is unknown`},
+		{"log format", []string{"--log-format", "xml"}, nil, `--log-format "xml" is unknown; use text or json`},
+		{"log format from env", nil, []string{"WEFTD_LOG_FORMAT=xml"}, `--log-format "xml" is unknown`},
+		{"public ip", []string{"--public-ip", "banana"}, nil, `--public-ip "banana" is not an IP address`},
+		{"public ip family", []string{"--public-ip", "fd18::1"}, nil, "--public-ip fd18::1 is not an IPv4 address"},
+		{"public ipv6 family", []string{"--public-ipv6", "198.18.0.1"}, nil, "--public-ipv6 198.18.0.1 is not an IPv6 address"},
+		{"iface-can-reach", []string{"--iface-can-reach", "nowhere"}, nil, `--iface-can-reach "nowhere" is not an IP address`},
+		{"iface regex", []string{"--iface-regex", "eth["}, nil, `--iface-regex "eth[" is not a regular expression`},
+		{"endpoint without scheme", []string{"--etcd-endpoints", "198.18.0.254:2379"}, nil, `--etcd-endpoints "198.18.0.254:2379" is not a URL`},
+		{"prefix from env", nil, []string{"WEFTD_ETCD_PREFIX=weft"}, `--etcd-prefix "weft" must start with /`},
+		{"cert without key", []string{"--etcd-certfile", "/c.pem"}, nil, "--etcd-certfile and --etcd-keyfile go together"},
+		{"missing CA", []string{"--etcd-cafile", "/nonexistent/ca.pem"}, nil, "loading etcd TLS files"},
+		{"prefix", []string{"--etcd-prefix", "weft"}, nil, `--etcd-prefix "weft" must start with /`},
+		{"lease ttl", []string{"--lease-ttl", "1s"}, nil, "--lease-ttl 1s is too short"},
+		{"resync", []string{"--resync-interval", "0s"}, nil, "--resync-interval 0s must be positive"},
+		{"subnet file", []string{"--subnet-file", ""}, nil, "--subnet-file is empty"},
+		{"node name", []string{"--node-name", ""}, nil, "--node-name is empty"},
+		{"healthz addr", []string{"--healthz-addr", "127.0.0.1:99999"}, nil, "--healthz-addr 127.0.0.1:99999"},
+		{"config file missing", []string{"--net-config-path", "/nonexistent/net-conf.json"}, nil, "--net-config-path: open /nonexistent/net-conf.json"},
+		{"bad backend", []string{"--net-config-path", badConf}, nil, `Backend.Type "vxlam" is unknown; use one of vxlan, host-gw, ipip`},
+		{"no network", []string{"--net-config-path", noNetwork}, nil, "Network is missing"},
+		{"duration", []string{"--lease-ttl", "forever"}, nil, `invalid value "forever" for flag -lease-ttl`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			stderr, code, took := weftd(t, n.Name, tt.env, 10*time.Second, append(append([]string{}, base...), tt.args...)...)
+			if code != 2 {
+				t.Errorf("exit status %d, want 2; stderr:\n%s", code, stderr)
+			}
+			if !strings.Contains(stderr, tt.want) {
+				t.Errorf("stderr lacks %q:\n%s", tt.want, stderr)
+			}
+			if lines := strings.Count(strings.TrimSpace(stderr), "\n") + 1; lines != 1 {
+				t.Errorf("want one line, got %d:\n%s", lines, stderr)
+			}
+			if took > 2*time.Second {
+				t.Errorf("took %v, want under 2s", took)
+			}
+		})
+	}
+	// Nothing was made in the namespace.
+	if out, _ := exec.Command("ip", "-n", n.Name, "-o", "link").CombinedOutput(); strings.Count(string(out), "\n") != 1 {
+		t.Errorf("a failed start left devices behind:\n%s", out)
+	}
+}
+
+func TestWaitsForUnreachableEtcdAndSaysSo(t *testing.T) {
+	n := testenv.NewNetNS(t)
+	n.AddUplink(t, "eth0", 1500, "198.18.0.1/24")
+	stderr, code, _ := weftd(t, n.Name, []string{"WEFTD_ETCD_ENDPOINTS=http://198.18.0.254:2379"}, 12*time.Second,
+		"--healthz-addr", "", "--iface", "eth0", "--subnet-file", filepath.Join(t.TempDir(), "subnet.env"))
+	if code != -1 { // killed by the timeout: it kept waiting
+		t.Errorf("weftd exited with %d instead of waiting for etcd:\n%s", code, stderr)
+	}
+	waits := strings.Count(stderr, "waiting for the network configuration in etcd")
+	if waits < 2 || !strings.Contains(stderr, "198.18.0.254:2379") {
+		t.Errorf("want repeated messages naming the endpoint, got %d:\n%s", waits, stderr)
+	}
+}

@@ -1,0 +1,134 @@
+package e2e
+
+import (
+	"context"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/weft-net/weft/internal/sandbox"
+)
+
+func TestStatusMetricsAndReadiness(t *testing.T) {
+	c := startCluster(t, clusterOpts{backend: "vxlan", nodes: 3})
+	n1 := c.Nodes[0]
+	eventually(t, 10*time.Second, "node-1 sees both peers", func() (bool, string) {
+		st, err := c.Status(n1)
+		return err == nil && st.Peers.Programmed == 2, ""
+	})
+	code, body, err := c.Get(n1, "/readyz")
+	if err != nil || code != 200 {
+		t.Errorf("/readyz = %d %q, %v", code, body, err)
+	}
+	code, body, err = c.Get(n1, "/metrics")
+	if err != nil || code != 200 {
+		t.Fatalf("/metrics = %d, %v", code, err)
+	}
+	for _, want := range []string{
+		`weft_peers{state="programmed"} 2`,
+		`weft_backend_info{type="vxlan"} 1`,
+		`weft_ready 1`,
+		`weft_sync_errors_total 0`,
+		`weft_etcd_watch_restarts_total 0`,
+		`weft_sync_duration_seconds_count`,
+		`weft_lease_ttl_seconds`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	// weftctl status inside the node shows the same.
+	out, err := sandbox.Exec(context.Background(), n1.NS, testBin(t, "weftctl"), "status")
+	if err != nil {
+		t.Fatalf("weftctl status: %v\n%s", err, out)
+	}
+	for _, want := range []string{"READY           yes", "BACKEND         vxlan (interface eth0, pod MTU 1450)", "PEERS           2 known, 2 programmed, 0 other backend, 0 unreachable"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("weftctl status lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+func TestRestartKeepsSubnetAndDataPath(t *testing.T) {
+	c := startCluster(t, clusterOpts{backend: "vxlan", nodes: 3})
+	addPods(t, c, 1)
+	requireMesh(t, c)
+	n1 := c.Nodes[0]
+	before, _ := n1.Subnet()
+
+	// Leftovers weft owns and a route it does not.
+	ipOut(t, n1.NS, "ip", "route", "add", "100.96.250.0/24", "via", "198.18.0.99", "dev", "eth0", "proto", "87")
+	ipOut(t, n1.NS, "ip", "route", "add", "100.99.0.0/24", "via", "198.18.0.254", "proto", "static")
+
+	c.StopWeftd(n1, syscall.SIGKILL)
+	// The data path works without the daemon.
+	for _, p := range c.Pods()[1:] {
+		if err := ping(n1.Pods[0], p.IP.String(), 3); err != nil {
+			t.Errorf("while weftd is down: %v", err)
+		}
+	}
+
+	if err := c.StartWeftd(context.Background(), n1); err != nil {
+		t.Fatal(err)
+	}
+	if after, _ := n1.Subnet(); after != before {
+		t.Errorf("restart changed the subnet from %s to %s", before, after)
+	}
+	routes := ipOut(t, n1.NS, "ip", "route", "show", "proto", "87")
+	if strings.Contains(routes, "100.96.250.0") {
+		t.Errorf("stale weft route survived the restart:\n%s", routes)
+	}
+	if n := strings.Count(strings.TrimSpace(routes), "\n") + 1; n != 2 {
+		t.Errorf("%d weft routes after restart, want 2:\n%s", n, routes)
+	}
+	if out := ipOut(t, n1.NS, "ip", "route", "show", "100.99.0.0/24"); !strings.Contains(out, "proto static") {
+		t.Errorf("someone else's route was removed:\n%s", out)
+	}
+	neigh := strings.TrimSpace(ipOut(t, n1.NS, "ip", "neigh", "show", "dev", "weft.1", "nud", "permanent"))
+	fdb := strings.TrimSpace(ipOut(t, n1.NS, "bridge", "fdb", "show", "dev", "weft.1"))
+	if strings.Count(neigh, "\n")+1 != 2 || strings.Count(fdb, "\n")+1 != 2 {
+		t.Errorf("duplicate or missing entries after restart:\nneigh:\n%s\nfdb:\n%s", neigh, fdb)
+	}
+	out, _ := c.Weftctl(context.Background(), "leases")
+	if strings.Count(out, "node-1") != 1 {
+		t.Errorf("node-1 holds more than one lease:\n%s", out)
+	}
+	requireMesh(t, c)
+}
+
+func TestEtcdOutageLeavesDataPathAlone(t *testing.T) {
+	c := startCluster(t, clusterOpts{backend: "vxlan", nodes: 2})
+	addPods(t, c, 1)
+	requireMesh(t, c)
+	n1 := c.Nodes[0]
+	routesBefore := ipOut(t, n1.NS, "ip", "route", "show", "proto", "87")
+
+	c.StopEtcd()
+	// Longer than a few resyncs (2 s in the sandbox).
+	for end := time.Now().Add(6 * time.Second); time.Now().Before(end); {
+		if err := ping(n1.Pods[0], c.Nodes[1].Pods[0].IP.String(), 1); err != nil {
+			t.Fatalf("pod traffic stopped while etcd was down: %v", err)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	if after := ipOut(t, n1.NS, "ip", "route", "show", "proto", "87"); after != routesBefore {
+		t.Errorf("routes changed while etcd was down:\nbefore:\n%s\nafter:\n%s", routesBefore, after)
+	}
+	if st, err := c.Status(n1); err != nil || !st.Ready {
+		t.Errorf("node-1 not ready while etcd is down: %+v, %v", st, err)
+	}
+
+	if err := c.StartEtcd(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	// The daemons reconnect and learn about a node that joins afterwards.
+	n3, err := c.AddNode(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.AddPod(n3); err != nil {
+		t.Fatal(err)
+	}
+	requireMesh(t, c)
+}

@@ -1,0 +1,72 @@
+package sandbox
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"path/filepath"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+
+	"github.com/weft-net/weft/internal/status"
+)
+
+// DialIn connects to addr from inside namespace name. The socket is made
+// on a thread switched into the namespace and belongs to it from then on.
+func DialIn(ctx context.Context, name, network, addr string) (net.Conn, error) {
+	n, err := ns.GetNS(filepath.Join("/run/netns", name))
+	if err != nil {
+		return nil, err
+	}
+	defer n.Close()
+	var conn net.Conn
+	err = n.Do(func(ns.NetNS) error {
+		var d net.Dialer
+		conn, err = d.DialContext(ctx, network, addr)
+		return err
+	})
+	return conn, err
+}
+
+// healthClient talks to a weftd's health server inside namespace name.
+func healthClient(name string) *http.Client {
+	return &http.Client{
+		Timeout: 3 * time.Second,
+		Transport: &http.Transport{
+			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+				return DialIn(ctx, name, network, addr)
+			},
+			DisableKeepAlives: true,
+		},
+	}
+}
+
+// Status asks n's weftd for its /status.
+func (c *Cluster) Status(n *Node) (*status.Status, error) {
+	resp, err := healthClient(n.NS).Get("http://" + healthAddr + "/status")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var st status.Status
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		return nil, fmt.Errorf("%s: decoding /status: %w", n.Name, err)
+	}
+	return &st, nil
+}
+
+// Get fetches path (e.g. "/metrics") from n's weftd and returns the status
+// code and body.
+func (c *Cluster) Get(n *Node, path string) (int, string, error) {
+	resp, err := healthClient(n.NS).Get("http://" + healthAddr + path)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), err
+}
