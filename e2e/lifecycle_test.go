@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"os"
 	"strings"
 	"syscall"
 	"testing"
@@ -43,6 +44,18 @@ func TestStatusMetricsAndReadiness(t *testing.T) {
 	if err != nil {
 		t.Fatalf("weftctl status: %v\n%s", err, out)
 	}
+	defer func() {
+		// SIGTERM is a clean shutdown: exit 0, and the data path stays.
+		if code := c.StopWeftd(n1, syscall.SIGTERM); code != 0 {
+			t.Errorf("weftd exited with %d after SIGTERM, want 0", code)
+		}
+		if log, _ := os.ReadFile(n1.LogFile); !strings.Contains(string(log), `msg=stopped`) {
+			t.Errorf("no clean stop in the log:\n%s", log)
+		}
+		if out := ipOut(t, n1.NS, "ip", "route", "show", "proto", "87"); strings.Count(out, "weft.1") != 2 {
+			t.Errorf("routes removed on shutdown:\n%s", out)
+		}
+	}()
 	for _, want := range []string{"READY           yes", "BACKEND         vxlan (interface eth0, pod MTU 1450)", "PEERS           2 known, 2 programmed, 0 other backend, 0 unreachable"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("weftctl status lacks %q:\n%s", want, out)

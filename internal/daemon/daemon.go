@@ -222,7 +222,7 @@ func (d *daemon) run(ctx context.Context) error {
 	g.Go(func() error { return d.store.Watch(ctx, d.netCfg, events) })
 	g.Go(func() error { return d.watchKernel(ctx, kick) })
 	g.Go(func() error { return d.reportLease(ctx) })
-	g.Go(func() error { return d.syncLoop(ctx, events, kick) })
+	g.Go(func() error { return d.syncLoop(ctx, self, events, kick, d.finishStartup) })
 	return g.Wait()
 }
 
@@ -238,11 +238,11 @@ func backendNames() []string {
 
 // syncLoop owns the set of peers: it applies lease events, coalescing
 // bursts into one sync, and syncs again on kernel events and every
-// ResyncInterval to repair drift. The first sync after the initial listing
-// is followed by the nftables rules and subnet.env, and then readiness.
-func (d *daemon) syncLoop(ctx context.Context, events <-chan []subnet.Event, kick <-chan struct{}) error {
+// ResyncInterval to repair drift. After the first successful sync that
+// follows the initial listing it calls ready once (nftables rules,
+// subnet.env, readiness).
+func (d *daemon) syncLoop(ctx context.Context, self subnet.Lease, events <-chan []subnet.Event, kick <-chan struct{}, ready func() error) error {
 	log := d.log.WithField("component", "sync")
-	self := d.claim.Lease()
 	peers := map[string]subnet.Lease{}
 	apply := func(batch []subnet.Event) {
 		for _, ev := range batch {
@@ -269,7 +269,7 @@ func (d *daemon) syncLoop(ctx context.Context, events <-chan []subnet.Event, kic
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	ready := false
+	isReady := false
 	ticker := time.NewTicker(d.cfg.ResyncInterval)
 	defer ticker.Stop()
 	for {
@@ -283,11 +283,11 @@ func (d *daemon) syncLoop(ctx context.Context, events <-chan []subnet.Event, kic
 			}
 		}
 		err := d.sync(ctx, self, peers)
-		if !ready && err == nil {
-			if err := d.finishStartup(); err != nil {
+		if !isReady && err == nil {
+			if err := ready(); err != nil {
 				return err
 			}
-			ready = true
+			isReady = true
 		}
 		if err != nil {
 			log.WithError(err).Warn("sync incomplete; retrying")
@@ -320,7 +320,6 @@ func (d *daemon) sync(ctx context.Context, self subnet.Lease, peers map[string]s
 			s.LastSyncErr = err.Error()
 			s.SyncErrors++
 		}
-		s.Restarts = d.store.WatchRestarts()
 	})
 	return err
 }
@@ -363,6 +362,7 @@ func (d *daemon) reportLease(ctx context.Context) error {
 		}
 		problem := d.claim.Problem()
 		d.state.update(func(s *status.Status) {
+			s.Restarts = d.store.WatchRestarts()
 			if err == nil {
 				s.LeaseTTL = int64(ttl / time.Second)
 			}

@@ -282,12 +282,16 @@ func (c *Cluster) StartWeftd(ctx context.Context, n *Node) error {
 	}
 }
 
-// StopWeftd stops n's weftd with sig (SIGTERM or SIGKILL) and waits.
-func (c *Cluster) StopWeftd(n *Node, sig syscall.Signal) {
-	if n.weftd != nil {
-		n.weftd.stop(sig)
-		n.weftd = nil
+// StopWeftd stops n's weftd with sig (SIGTERM or SIGKILL), waits, and
+// returns its exit status (-1 if it died of a signal or was not running).
+func (c *Cluster) StopWeftd(n *Node, sig syscall.Signal) int {
+	if n.weftd == nil {
+		return -1
 	}
+	n.weftd.stop(sig)
+	code := n.weftd.cmd.ProcessState.ExitCode()
+	n.weftd = nil
+	return code
 }
 
 // Subnet reads the node's subnet from its subnet.env.

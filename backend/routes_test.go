@@ -1,0 +1,45 @@
+package backend
+
+import (
+	"net/netip"
+	"testing"
+)
+
+func TestDiffRoutesAddsChangedAndDeletesStale(t *testing.T) {
+	r := func(dst, gw string, link int, onlink bool) Route {
+		return Route{Dst: netip.MustParsePrefix(dst), Gw: netip.MustParseAddr(gw), LinkIndex: link, OnLink: onlink}
+	}
+	have := []Route{
+		r("100.96.2.0/24", "100.96.2.0", 5, true),  // unchanged
+		r("100.96.3.0/24", "198.18.0.3", 2, false), // changes backend
+		r("100.96.4.0/24", "100.96.4.0", 5, true),  // gone
+	}
+	want := []Route{
+		r("100.96.2.0/24", "100.96.2.0", 5, true),
+		r("100.96.3.0/24", "100.96.3.0", 5, true),
+		r("100.96.5.0/24", "100.96.5.0", 5, true), // new
+	}
+	add, del := DiffRoutes(want, have)
+	if len(add) != 2 || add[0] != want[1] || add[1] != want[2] {
+		t.Errorf("add = %v", add)
+	}
+	if len(del) != 1 || del[0] != have[2] {
+		t.Errorf("del = %v", del)
+	}
+	if add, del := DiffRoutes(want, want); len(add)+len(del) != 0 {
+		t.Errorf("no-op diff = %v, %v", add, del)
+	}
+}
+
+func BenchmarkDiffRoutes10k(b *testing.B) {
+	var want []Route
+	for i := range 10000 {
+		a := netip.AddrFrom4([4]byte{100, 96 + byte(i>>8), byte(i), 0})
+		want = append(want, Route{Dst: netip.PrefixFrom(a, 24), Gw: a, LinkIndex: 5, OnLink: true})
+	}
+	have := append([]Route(nil), want[:9900]...)
+	b.ReportAllocs()
+	for b.Loop() {
+		DiffRoutes(want, have)
+	}
+}
