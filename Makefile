@@ -38,7 +38,7 @@ fuzz:
 
 ## bench: Go benchmarks of the hot pure code
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem ./subnet/...
+	$(GO) test -run '^$$' -bench . -benchmem ./subnet/... ./backend/
 
 clean:
 	rm -rf $(BIN)
