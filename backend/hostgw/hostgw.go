@@ -53,6 +53,7 @@ func (g *HostGW) Sync(ctx context.Context, self subnet.Lease, peers []subnet.Lea
 			g.once.Warn(g.log, p.Key(), fmt.Sprintf("peer runs backend %q; not programming it with host-gw", p.BackendType))
 			continue
 		}
+		reachable := true
 		for _, fam := range []struct {
 			sn     netip.Prefix
 			public netip.Addr
@@ -61,14 +62,18 @@ func (g *HostGW) Sync(ctx context.Context, self subnet.Lease, peers []subnet.Lea
 				continue
 			}
 			if !ext.OnLink(fam.public) {
-				stats.Unreachable++
+				reachable = false
 				g.once.Warn(g.log, p.Key(), fmt.Sprintf("peer %s is not on the same L2 segment as %s; host-gw cannot reach it (use vxlan, or DirectRouting)", fam.public, ext.Name))
 				continue
 			}
 			routes = append(routes, backend.Route{Dst: fam.sn, Gw: fam.public, LinkIndex: ext.Index})
 		}
+		if reachable {
+			stats.Programmed++
+		} else {
+			stats.Unreachable++
+		}
 	}
-	stats.Programmed = len(peers) - stats.OtherType - stats.Unreachable
 	_, err := backend.SyncRoutes(g.env.Netlink, routes)
 	return stats, err
 }
