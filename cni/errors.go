@@ -1,0 +1,5 @@
+package cni
+
+import "syscall"
+
+var errExist = syscall.EEXIST
