@@ -8,7 +8,7 @@ LDFLAGS  := -s -w -X github.com/weft-net/weft/internal/version.Version=$(VERSION
 # CI=true a test that cannot run fails instead of skipping.
 TESTFLAGS ?= -count=1 -timeout 30m
 
-.PHONY: all build test unit lint fuzz bench clean
+.PHONY: all build test unit lint fuzz bench demo clean
 
 all: build
 
@@ -39,6 +39,22 @@ fuzz:
 ## bench: Go benchmarks of the hot pure code
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./subnet/... ./backend/
+
+## demo: a 3-node cluster in network namespaces, pods through the CNI plugin,
+## the leases and a reachability matrix; then tears it down (KEEP=1 leaves it
+## up). BACKEND=host-gw for the other backend. Needs root.
+BACKEND  ?= vxlan
+NODES    ?= 3
+DEMO_DIR ?= /tmp/weft-demo
+demo: build
+	@if [ "$$(id -u)" != 0 ]; then echo "make demo needs root for network namespaces: sudo make demo"; exit 1; fi
+	@$(BIN)/weftctl sandbox down --dir $(DEMO_DIR) >/dev/null 2>&1 || true
+	@set -e; \
+	if [ "$(KEEP)" != 1 ]; then trap '$(BIN)/weftctl sandbox down --dir $(DEMO_DIR)' EXIT; fi; \
+	$(BIN)/weftctl sandbox up --dir $(DEMO_DIR) --name weft-demo --nodes $(NODES) --pods 1 --backend $(BACKEND); \
+	echo; echo "Pod-to-pod reachability (average of 3 pings):"; \
+	$(BIN)/weftctl sandbox matrix --dir $(DEMO_DIR); \
+	if [ "$(KEEP)" = 1 ]; then echo; echo "Left running. Remove it with: sudo $(BIN)/weftctl sandbox down --dir $(DEMO_DIR)"; fi
 
 clean:
 	rm -rf $(BIN)

@@ -37,7 +37,7 @@ func testBin(t *testing.T, name string) string { return testenv.Binary(t, name) 
 func startCluster(t *testing.T, o clusterOpts) *sandbox.Cluster {
 	t.Helper()
 	testenv.RequireRoot(t)
-	for _, b := range []string{"weftctl", "weft-etcd"} {
+	for _, b := range []string{"weftctl", "weft-etcd", "weft"} {
 		testenv.Binary(t, b)
 	}
 	binDir := filepath.Dir(testenv.Binary(t, "weftd"))

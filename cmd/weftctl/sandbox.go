@@ -42,6 +42,23 @@ func sandboxCommand() *cli.Command {
 				Action: sandboxStatus,
 			},
 			{
+				Name:  "matrix",
+				Usage: "ping every pod from every other pod and show the latency",
+				Flags: []cli.Flag{dirFlag, &cli.IntFlag{Name: "count", Value: 3, Usage: "pings per pair"}},
+				Action: func(c *cli.Context) error {
+					st, err := loadSandbox(c.String("dir"))
+					if err != nil {
+						return err
+					}
+					failed := sandbox.PrintMatrix(c.App.Writer, sandbox.Matrix(c.Context, st, c.Int("count")))
+					if failed > 0 {
+						return cli.Exit(fmt.Sprintf("%d pod pairs cannot reach each other", failed), 1)
+					}
+					fmt.Fprintln(c.App.Writer, "every pod reaches every other pod")
+					return nil
+				},
+			},
+			{
 				Name:   "down",
 				Usage:  "stop every process and delete every namespace the sandbox made",
 				Flags:  []cli.Flag{dirFlag},
@@ -103,6 +120,7 @@ func sandboxUp(c *cli.Context) error {
 		fmt.Fprintf(out, "  ip netns exec %s sh                # a shell in a pod\n", st.Nodes[0].Pods[0].NS)
 	}
 	fmt.Fprintf(out, "  ip netns exec %s %s status   # what weftd on node-1 is doing\n", st.Nodes[0].NS, self)
+	fmt.Fprintf(out, "  %s sandbox matrix --dir %s    # every pod pings every pod\n", self, dir)
 	fmt.Fprintf(out, "  %s sandbox status --dir %s\n", self, dir)
 	fmt.Fprintf(out, "  %s sandbox down --dir %s      # remove everything\n", self, dir)
 	return nil

@@ -14,6 +14,7 @@ package sandbox
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -35,7 +36,7 @@ type Options struct {
 	Name string
 	// Dir holds etcd's data, each node's subnet.env and the logs.
 	Dir string
-	// BinDir holds weftd and weft-etcd.
+	// BinDir holds weftd, weftctl, weft (the CNI plugin) and weft-etcd.
 	BinDir string
 	// Nodes to start with.
 	Nodes int
@@ -303,47 +304,52 @@ func (n *Node) Subnet() (netip.Prefix, error) {
 	return env.Subnet.Masked(), nil
 }
 
-// AddPod creates a pod namespace on n: a veth into n's cni0 bridge (made on
-// first use from subnet.env) and the next address of n's subnet.
+// AddPod creates a pod namespace on n and wires it in with the weft CNI
+// plugin, as a container runtime would (ADD, with the node's subnet.env).
 func (c *Cluster) AddPod(n *Node) (*Pod, error) {
-	env, err := subnet.ReadEnvFile(n.SubnetFile)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", n.Name, err)
-	}
-	gw := env.Subnet
-	mtu := strconv.Itoa(env.MTU)
-	if len(n.Pods) == 0 {
-		if err := runAll(
-			[]string{"ip", "-n", n.NS, "link", "add", "cni0", "type", "bridge"},
-			[]string{"ip", "-n", n.NS, "link", "set", "cni0", "mtu", mtu},
-			[]string{"ip", "-n", n.NS, "addr", "add", gw.String(), "dev", "cni0"},
-			[]string{"ip", "-n", n.NS, "link", "set", "cni0", "up"},
-		); err != nil {
-			return nil, err
-		}
-	}
 	k := len(n.Pods) + 1
-	ip := gw.Addr() // .1, the bridge; pods from .2
-	for range k {
-		ip = ip.Next()
-	}
-	p := &Pod{Name: fmt.Sprintf("%s-pod-%d", n.Name, k), NS: fmt.Sprintf("%s-p%d", n.NS, k), IP: ip, Node: n}
+	p := &Pod{Name: fmt.Sprintf("%s-pod-%d", n.Name, k), NS: fmt.Sprintf("%s-p%d", n.NS, k), Node: n}
 	if err := c.netns(p.NS); err != nil {
 		return nil, err
 	}
 	n.Pods = append(n.Pods, p)
-	hostSide := fmt.Sprintf("vp%d", k)
-	if err := runAll(
-		[]string{"ip", "-n", n.NS, "link", "add", hostSide, "mtu", mtu, "type", "veth", "peer", "name", "eth0", "mtu", mtu, "netns", p.NS},
-		[]string{"ip", "-n", n.NS, "link", "set", hostSide, "master", "cni0", "up"},
-		[]string{"ip", "-n", p.NS, "link", "set", "lo", "up"},
-		[]string{"ip", "-n", p.NS, "addr", "add", netip.PrefixFrom(ip, gw.Bits()).String(), "dev", "eth0"},
-		[]string{"ip", "-n", p.NS, "link", "set", "eth0", "up"},
-		[]string{"ip", "-n", p.NS, "route", "add", "default", "via", gw.Addr().String()},
-	); err != nil {
+	if err := run("ip", "-n", p.NS, "link", "set", "lo", "up"); err != nil {
 		return nil, err
 	}
+	out, err := c.cni(n, p, "ADD")
+	if err != nil {
+		return nil, err
+	}
+	var res struct {
+		IPs []struct{ Address string } `json:"ips"`
+	}
+	if err := json.Unmarshal(out, &res); err != nil || len(res.IPs) == 0 {
+		return nil, fmt.Errorf("%s: CNI result %s: %v", p.Name, out, err)
+	}
+	pfx, err := netip.ParsePrefix(res.IPs[0].Address)
+	if err != nil {
+		return nil, fmt.Errorf("%s: CNI result address %q: %w", p.Name, res.IPs[0].Address, err)
+	}
+	p.IP = pfx.Addr()
 	return p, nil
+}
+
+// cni runs the weft CNI plugin in n's namespace for pod p.
+func (c *Cluster) cni(n *Node, p *Pod, command string) ([]byte, error) {
+	conf := fmt.Sprintf(`{"cniVersion":"1.1.0","name":"weft","type":"weft","subnetFile":%q,"dataDir":%q}`,
+		n.SubnetFile, filepath.Join(filepath.Dir(n.SubnetFile), "ipam"))
+	cmd := exec.Command("ip", "netns", "exec", n.NS, filepath.Join(c.opts.BinDir, "weft"))
+	cmd.Env = append(os.Environ(),
+		"CNI_COMMAND="+command, "CNI_CONTAINERID="+p.NS, "CNI_NETNS=/run/netns/"+p.NS,
+		"CNI_IFNAME=eth0", "CNI_PATH="+c.opts.BinDir)
+	cmd.Stdin = strings.NewReader(conf)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return nil, fmt.Errorf("%s: CNI %s: %v: %s%s", p.Name, command, err, out, stderr.Bytes())
+	}
+	return out, nil
 }
 
 // Pods returns every pod of every node.
