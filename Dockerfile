@@ -1,5 +1,5 @@
-# weft's image: static binaries built by `make build`, on a small base that
-# has a shell for the CNI install step.
+# weft's image: the static binaries `make build` makes, on a small base with
+# a shell for the CNI install step (dist/kubernetes/weft.yaml).
 FROM golang:1.26-bookworm AS build
 WORKDIR /src
 COPY go.mod go.sum ./
@@ -8,6 +8,5 @@ COPY . .
 RUN make build
 
 FROM debian:bookworm-slim
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/*
-COPY --from=build /src/bin/ /usr/local/bin/
+COPY --from=build /src/bin/weftd /src/bin/weftctl /src/bin/weft /usr/local/bin/
 ENTRYPOINT ["/usr/local/bin/weftd"]

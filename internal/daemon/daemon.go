@@ -349,6 +349,9 @@ func (d *daemon) finishStartup() error {
 	}
 	d.state.update(func(s *status.Status) { s.Ready, s.NotReady = true, "" })
 	d.metrics.ready.Set(1)
+	if err := notifySystemd("READY=1"); err != nil {
+		d.log.WithError(err).Warn("cannot notify systemd")
+	}
 	d.log.WithFields(logrus.Fields{"subnet": self.Key(), "subnet_file": d.cfg.SubnetFile, "mtu": env.MTU}).Info("ready")
 	return nil
 }
