@@ -340,4 +340,3 @@ func TestMalformedStdinAndMissingEnv(t *testing.T) {
 }
 
 func asCNIError(err error, target **types.Error) bool { return errors.As(err, target) }
-
