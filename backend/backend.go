@@ -20,26 +20,35 @@ import (
 // carrying it and never touches routes without it.
 const RouteProtocol = 87
 
-// Backend makes this node's kernel reach its peers' subnets.
+// Backend makes this node's kernel reach the peers that announce its type.
+//
+// A node may run several backends at once: each peer is served by the
+// backend its lease names, so a cluster switching backends stays connected
+// (see internal/daemon). Routes therefore have one owner: Sync returns the
+// routes its peers need and the caller installs the union of all backends'
+// routes with SyncRoutes.
 //
 // Setup may be called again after Teardown. Sync may be called repeatedly
-// with the same arguments; each call makes the kernel match them, adding
-// before deleting and changing only the difference, so it also repairs
-// drift. Backends are not safe for concurrent use: one goroutine (the
-// daemon's sync loop) calls them.
+// with the same arguments; each call makes the backend's devices and
+// neighbour/FDB entries match them, changing only the difference, so it
+// also repairs drift. Backends are not safe for concurrent use: one
+// goroutine (the daemon's sync loop) calls them.
 type Backend interface {
 	// Type is the backend's name as it appears in leases ("vxlan").
 	Type() string
 	// Setup creates or adopts the backend's devices and returns what the
-	// node's lease must publish.
+	// node's lease must publish when this is the node's backend.
 	Setup(ctx context.Context) (Published, error)
-	// Sync programs self's own device addresses and a route (and, for
-	// tunnels, neighbour and FDB entries) to every peer in peers; entries
-	// weft owns that no peer wants are removed.
-	Sync(ctx context.Context, self subnet.Lease, peers []subnet.Lease) (Stats, error)
+	// Sync programs self's device addresses and everything but routes for
+	// peers, and returns the routes they need. Peers of another type are
+	// counted as OtherType and left alone.
+	Sync(ctx context.Context, self subnet.Lease, peers []subnet.Lease) ([]Route, Stats, error)
+	// Devices names the network devices the backend owns.
+	Devices() []string
 	// MTU is the MTU pods must use with this backend.
 	MTU() int
-	// Teardown removes every kernel object the backend owns.
+	// Teardown removes the backend's devices and entries. Routes through
+	// its devices go with them; others are the route owner's to remove.
 	Teardown(ctx context.Context) error
 }
 

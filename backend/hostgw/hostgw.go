@@ -40,8 +40,11 @@ func (g *HostGW) Setup(context.Context) (backend.Published, error) {
 	return backend.Published{}, nil
 }
 
+// Devices implements backend.Backend; host-gw has none.
+func (g *HostGW) Devices() []string { return nil }
+
 // Sync implements backend.Backend.
-func (g *HostGW) Sync(ctx context.Context, self subnet.Lease, peers []subnet.Lease) (backend.Stats, error) {
+func (g *HostGW) Sync(ctx context.Context, self subnet.Lease, peers []subnet.Lease) ([]backend.Route, backend.Stats, error) {
 	var stats backend.Stats
 	defer g.once.EndSync()
 	ext := g.env.Ext
@@ -74,12 +77,9 @@ func (g *HostGW) Sync(ctx context.Context, self subnet.Lease, peers []subnet.Lea
 			stats.Unreachable++
 		}
 	}
-	_, err := backend.SyncRoutes(g.env.Netlink, routes)
-	return stats, err
+	return routes, stats, nil
 }
 
-// Teardown implements backend.Backend: it removes every route weft owns.
-func (g *HostGW) Teardown(context.Context) error {
-	_, err := backend.SyncRoutes(g.env.Netlink, nil)
-	return err
-}
+// Teardown implements backend.Backend; host-gw owns nothing but routes,
+// which the route owner removes.
+func (g *HostGW) Teardown(context.Context) error { return nil }

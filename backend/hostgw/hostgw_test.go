@@ -35,7 +35,10 @@ func TestSyncRoutesPeersOnTheSegmentOnly(t *testing.T) {
 	}
 	self := subnet.Lease{Subnet: netip.MustParsePrefix("100.96.1.0/24")}
 	for range 3 { // repeated syncs change nothing and log nothing new
-		stats, err := g.Sync(context.Background(), self, peers)
+		routes, stats, err := g.Sync(context.Background(), self, peers)
+		if err == nil {
+			_, err = backend.SyncRoutes(n.Netlink, routes)
+		}
 		if err != nil || stats != (backend.Stats{Programmed: 2, OtherType: 1, Unreachable: 1}) {
 			t.Fatalf("Sync = %+v, %v", stats, err)
 		}
@@ -60,7 +63,11 @@ func TestSyncRoutesPeersOnTheSegmentOnly(t *testing.T) {
 		t.Errorf("unreachable peer logged %d times, want once", warnings)
 	}
 
-	if _, err := g.Sync(context.Background(), self, peers[:1]); err != nil {
+	routes, _, err := g.Sync(context.Background(), self, peers[:1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := backend.SyncRoutes(n.Netlink, routes); err != nil {
 		t.Fatal(err)
 	}
 	out, _ = exec.Command("ip", "-n", n.Name, "route", "show", "proto", "87").CombinedOutput()

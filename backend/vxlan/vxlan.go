@@ -198,17 +198,20 @@ type peerEntry struct {
 	public netip.Addr
 }
 
+// Devices implements backend.Backend.
+func (v *VXLAN) Devices() []string { return []string{v.name} }
+
 // Sync implements backend.Backend.
-func (v *VXLAN) Sync(ctx context.Context, self subnet.Lease, peers []subnet.Lease) (backend.Stats, error) {
+func (v *VXLAN) Sync(ctx context.Context, self subnet.Lease, peers []subnet.Lease) ([]backend.Route, backend.Stats, error) {
 	var stats backend.Stats
 	defer v.once.EndSync()
 	link, err := v.ensureDevice()
 	if err != nil {
-		return stats, err
+		return nil, stats, err
 	}
 	idx := link.Attrs().Index
 	if err := backend.EnsureAddr(v.env.Netlink, link, netip.PrefixFrom(self.Subnet.Addr(), 32)); err != nil {
-		return stats, err
+		return nil, stats, err
 	}
 
 	want := make([]peerEntry, 0, len(peers))
@@ -233,11 +236,11 @@ func (v *VXLAN) Sync(ctx context.Context, self subnet.Lease, peers []subnet.Leas
 
 	neighs, fdbs, err := v.entries(idx)
 	if err != nil {
-		return stats, err
+		return nil, stats, err
 	}
 	var errs []error
-	// Add before delete: FDB and neighbour entries, then routes, then the
-	// stale entries.
+	// Add before delete: new FDB and neighbour entries first, then the
+	// stale ones (their routes go when the caller syncs routes).
 	wantNeigh := make(map[netip.Addr]string, len(want))
 	wantFDB := make(map[string]netip.Addr, len(want))
 	for _, e := range want {
@@ -250,9 +253,6 @@ func (v *VXLAN) Sync(ctx context.Context, self subnet.Lease, peers []subnet.Leas
 			errs = append(errs, v.setNeigh(idx, e.gw, e.mac))
 		}
 	}
-	if _, err := backend.SyncRoutes(v.env.Netlink, routes); err != nil {
-		errs = append(errs, err)
-	}
 	for ip, mac := range neighs {
 		if _, ok := wantNeigh[ip]; !ok {
 			errs = append(errs, v.delNeigh(idx, ip, mac))
@@ -264,7 +264,7 @@ func (v *VXLAN) Sync(ctx context.Context, self subnet.Lease, peers []subnet.Leas
 		}
 	}
 	stats.Programmed = len(want)
-	return stats, errors.Join(errs...)
+	return routes, stats, errors.Join(errs...)
 }
 
 // entries lists the permanent neighbour (IP -> MAC) and FDB (MAC -> dst)
@@ -331,15 +331,15 @@ func (v *VXLAN) delFDB(idx int, mac string, dst netip.Addr) error {
 	return nil
 }
 
-// Teardown implements backend.Backend: it deletes the device (the kernel
-// drops its neighbour and FDB entries with it) and every route weft owns.
+// Teardown implements backend.Backend: it deletes the device; the kernel
+// drops its neighbour and FDB entries and routes with it.
 func (v *VXLAN) Teardown(ctx context.Context) error {
 	h := v.env.Netlink
 	if link, err := h.LinkByName(v.name); err == nil {
 		if err := h.LinkDel(link); err != nil {
 			return fmt.Errorf("deleting device %s: %w", v.name, err)
 		}
+		v.log.WithField("device", v.name).Info("deleted vxlan device")
 	}
-	_, err := backend.SyncRoutes(h, nil)
-	return err
+	return nil
 }

@@ -55,6 +55,17 @@ func peer(n int, mac string) subnet.Lease {
 
 var self = subnet.Lease{Subnet: netip.MustParsePrefix("100.96.1.0/24")}
 
+// sync runs the backend's Sync and installs its routes, as the daemon does.
+func sync(t *testing.T, v *VXLAN, peers []subnet.Lease) (backend.Stats, error) {
+	t.Helper()
+	routes, stats, err := v.Sync(context.Background(), self, peers)
+	if err != nil {
+		return stats, err
+	}
+	_, err = backend.SyncRoutes(v.env.Netlink, routes)
+	return stats, err
+}
+
 // ip runs iproute2 in the namespace and returns its output.
 func ip(t *testing.T, n *testenv.NetNS, args ...string) string {
 	t.Helper()
@@ -88,7 +99,7 @@ func TestSetupAndSyncProgramFlannelsScheme(t *testing.T) {
 	ip(t, n, "route", "add", "100.99.0.0/24", "via", "198.18.0.254", "proto", "static")
 
 	peers := []subnet.Lease{peer(2, "0e:00:00:00:00:02"), peer(3, "0e:00:00:00:00:03")}
-	stats, err := v.Sync(context.Background(), self, peers)
+	stats, err := sync(t, v, peers)
 	if err != nil || stats.Programmed != 2 {
 		t.Fatalf("Sync = %+v, %v", stats, err)
 	}
@@ -117,7 +128,7 @@ func TestSetupAndSyncProgramFlannelsScheme(t *testing.T) {
 	ip(t, n, "neigh", "del", "100.96.2.0", "dev", "weft.1")
 	ip(t, n, "route", "del", "100.96.3.0/24")
 	exec.Command("bridge", "-n", n.Name, "fdb", "del", "0e:00:00:00:00:02", "dev", "weft.1", "dst", "198.18.0.2", "self").Run()
-	if _, err := v.Sync(context.Background(), self, peers); err != nil {
+	if _, err := sync(t, v, peers); err != nil {
 		t.Fatal(err)
 	}
 	if out := ip(t, n, "neigh", "show", "dev", "weft.1"); !strings.Contains(out, "100.96.2.0 lladdr 0e:00:00:00:00:02") {
@@ -133,7 +144,7 @@ func TestSetupAndSyncProgramFlannelsScheme(t *testing.T) {
 	// A peer leaves, another switches to host-gw: only the rest remains.
 	gone := peer(3, "0e:00:00:00:00:03")
 	gone.BackendType = "host-gw"
-	stats, err = v.Sync(context.Background(), self, []subnet.Lease{peers[0], gone})
+	stats, err = sync(t, v, []subnet.Lease{peers[0], gone})
 	if err != nil || stats.Programmed != 1 || stats.OtherType != 1 {
 		t.Fatalf("Sync = %+v, %v", stats, err)
 	}
@@ -155,6 +166,9 @@ func TestSetupAndSyncProgramFlannelsScheme(t *testing.T) {
 	}
 	if _, err := n.Netlink.LinkByName("weft.1"); err == nil {
 		t.Error("device still there after Teardown")
+	}
+	if out := ip(t, n, "route", "show", "proto", "87"); strings.TrimSpace(out) != "" {
+		t.Errorf("routes through the device left after Teardown:\n%s", out)
 	}
 }
 

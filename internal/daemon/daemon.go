@@ -16,19 +16,11 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/weft-net/weft/backend"
-	"github.com/weft-net/weft/backend/hostgw"
-	"github.com/weft-net/weft/backend/vxlan"
 	"github.com/weft-net/weft/internal/masq"
 	"github.com/weft-net/weft/internal/status"
 	"github.com/weft-net/weft/subnet"
 	"github.com/weft-net/weft/subnet/etcd"
 )
-
-// backends maps each backend type to its constructor.
-var backends = map[string]func(backend.Env) (backend.Backend, error){
-	subnet.BackendVXLAN:  func(env backend.Env) (backend.Backend, error) { return vxlan.New(env) },
-	subnet.BackendHostGW: func(env backend.Env) (backend.Backend, error) { return hostgw.New(env) },
-}
 
 // Run is weftd. It starts every goroutine it needs and returns when ctx
 // ends (nil) or something fails for good. Order of startup: health server,
@@ -94,11 +86,14 @@ type daemon struct {
 	state   *state
 	metrics *metrics
 
-	netCfg  *subnet.Config
-	nl      netlinksafe.Handle
-	ext     *backend.ExternalInterface
-	backend backend.Backend
-	claim   *etcd.Claim
+	netCfg   *subnet.Config // owned by the sync loop once it runs
+	nl       netlinksafe.Handle
+	ext      *backend.ExternalInterface
+	backends *backendSet
+	claim    *etcd.Claim
+	// pending holds lease attributes a backend switch still has to publish
+	// (etcd was unreachable); owned by the sync loop.
+	pending *subnet.Attrs
 }
 
 // readNetConfig reads net-conf.json from --net-config-path or etcd. While
@@ -174,23 +169,20 @@ func (d *daemon) run(ctx context.Context) error {
 	}
 	checkForwarding(d.log, d.netCfg)
 
-	newBackend, ok := backends[d.netCfg.Backend.Type]
-	if !ok {
-		return invalid("Backend.Type %q is not available in this weftd (it has %v)", d.netCfg.Backend.Type, backendNames())
-	}
-	env := backend.Env{Netlink: d.nl, Ext: ext, Network: d.netCfg, Log: d.log}
-	if d.backend, err = newBackend(env); err != nil {
-		return &InvalidError{Err: err}
-	}
-	published, err := d.backend.Setup(ctx)
+	d.backends = newBackendSet(backend.Env{Netlink: d.nl, Ext: ext, Network: d.netCfg, Log: d.log}, d.log.WithField("component", "backends"))
+	primary, err := d.backends.setPrimary(ctx, d.netCfg.Backend)
 	if err != nil {
-		return fmt.Errorf("setting up the %s backend: %w", d.backend.Type(), err)
+		if _, ok := constructors[d.netCfg.Backend.Type]; !ok {
+			return &InvalidError{Err: err}
+		}
+		return err
 	}
+	published := primary.published
 
 	req := etcd.AcquireRequest{
 		Config: d.netCfg,
 		Attrs: subnet.Attrs{
-			PublicIP: ext.PublicIP, BackendType: d.backend.Type(),
+			PublicIP: ext.PublicIP, BackendType: primary.Type(),
 			BackendData: published.Data, BackendV6Data: published.V6Data, Node: d.cfg.NodeName,
 		},
 	}
@@ -209,7 +201,7 @@ func (d *daemon) run(ctx context.Context) error {
 	}
 	self := d.claim.Lease()
 	d.state.update(func(s *status.Status) {
-		s.Backend, s.Interface, s.MTU = d.backend.Type(), ext.Name, d.backend.MTU()
+		s.Backend, s.Interface, s.MTU = primary.Type(), ext.Name, primary.MTU()
 		s.PublicIP, s.PublicIPv6 = addrString(req.Attrs.PublicIP), addrString(req.Attrs.PublicIPv6)
 		s.Subnet, s.IPv6Subnet = prefixString(self.Subnet), prefixString(self.IPv6Subnet)
 		s.NotReady = "programming peers"
@@ -218,30 +210,31 @@ func (d *daemon) run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	events := make(chan []subnet.Event, 64)
 	kick := make(chan struct{}, 1)
+	configs := make(chan *subnet.Config, 1)
+	g.Go(func() error { return d.watchConfig(ctx, configs) })
 	g.Go(func() error { d.claim.Keep(ctx); return ctx.Err() })
 	g.Go(func() error { return d.store.Watch(ctx, d.netCfg, events) })
 	g.Go(func() error { return d.watchKernel(ctx, kick) })
 	g.Go(func() error { return d.reportLease(ctx) })
-	g.Go(func() error { return d.syncLoop(ctx, self, events, kick, d.finishStartup) })
+	g.Go(func() error {
+		return d.syncLoop(ctx, self, events, kick, configs, func() error {
+			if err := d.finishStartup(); err != nil {
+				return err
+			}
+			d.backends.sweep()
+			return nil
+		})
+	})
 	return g.Wait()
-}
-
-func backendNames() []string {
-	var names []string
-	for _, t := range subnet.BackendTypes {
-		if _, ok := backends[t]; ok {
-			names = append(names, t)
-		}
-	}
-	return names
 }
 
 // syncLoop owns the set of peers: it applies lease events, coalescing
 // bursts into one sync, and syncs again on kernel events and every
-// ResyncInterval to repair drift. After the first successful sync that
+// ResyncInterval to repair drift. It applies configuration changes (a
+// backend switch) between syncs. After the first successful sync that
 // follows the initial listing it calls ready once (nftables rules,
 // subnet.env, readiness).
-func (d *daemon) syncLoop(ctx context.Context, self subnet.Lease, events <-chan []subnet.Event, kick <-chan struct{}, ready func() error) error {
+func (d *daemon) syncLoop(ctx context.Context, self subnet.Lease, events <-chan []subnet.Event, kick <-chan struct{}, configs <-chan *subnet.Config, ready func() error) error {
 	log := d.log.WithField("component", "sync")
 	peers := map[string]subnet.Lease{}
 	apply := func(batch []subnet.Event) {
@@ -282,6 +275,9 @@ func (d *daemon) syncLoop(ctx context.Context, self subnet.Lease, events <-chan 
 				break drain
 			}
 		}
+		if d.pending != nil {
+			d.publish(ctx)
+		}
 		err := d.sync(ctx, self, peers)
 		if !isReady && err == nil {
 			if err := ready(); err != nil {
@@ -298,22 +294,20 @@ func (d *daemon) syncLoop(ctx context.Context, self subnet.Lease, events <-chan 
 		case batch := <-events:
 			apply(batch)
 		case <-kick:
+		case cfg := <-configs:
+			d.applyConfig(ctx, cfg)
 		case <-ticker.C:
 		}
 	}
 }
 
 func (d *daemon) sync(ctx context.Context, self subnet.Lease, peers map[string]subnet.Lease) error {
-	list := make([]subnet.Lease, 0, len(peers))
-	for _, p := range peers {
-		list = append(list, p)
-	}
 	start := time.Now()
-	stats, err := d.backend.Sync(ctx, self, list)
+	stats, err := d.backends.sync(ctx, self, peers)
 	elapsed := time.Since(start)
 	d.metrics.observeSync(elapsed, stats, err)
 	d.state.update(func(s *status.Status) {
-		s.Peers = status.Peers{Known: len(list), Programmed: stats.Programmed, OtherType: stats.OtherType, Unreachable: stats.Unreachable}
+		s.Peers = status.Peers{Known: len(peers), Programmed: stats.Programmed, OtherType: stats.OtherType, Unreachable: stats.Unreachable}
 		s.LastSync = time.Now()
 		s.LastSyncErr = ""
 		if err != nil {
@@ -339,12 +333,7 @@ func (d *daemon) finishStartup() error {
 	if err := masq.Apply(conn, masq.Rules{Networks: networks, Masquerade: d.cfg.IPMasq}); err != nil {
 		return err
 	}
-	env := &subnet.Env{
-		Network: d.netCfg.IPv4.Network, Subnet: subnet.GatewayPrefix(self.Subnet),
-		IPv6Network: d.netCfg.IPv6.Network, IPv6Subnet: subnet.GatewayPrefix(self.IPv6Subnet),
-		MTU: d.backend.MTU(), IPMasq: d.cfg.IPMasq,
-	}
-	if err := subnet.WriteEnvFile(d.cfg.SubnetFile, env); err != nil {
+	if err := d.writeSubnetEnv(); err != nil {
 		return err
 	}
 	d.state.update(func(s *status.Status) { s.Ready, s.NotReady = true, "" })
@@ -352,8 +341,19 @@ func (d *daemon) finishStartup() error {
 	if err := notifySystemd("READY=1"); err != nil {
 		d.log.WithError(err).Warn("cannot notify systemd")
 	}
-	d.log.WithFields(logrus.Fields{"subnet": self.Key(), "subnet_file": d.cfg.SubnetFile, "mtu": env.MTU}).Info("ready")
+	d.log.WithFields(logrus.Fields{"subnet": self.Key(), "subnet_file": d.cfg.SubnetFile}).Info("ready")
 	return nil
+}
+
+// writeSubnetEnv writes subnet.env for the node's lease and primary
+// backend.
+func (d *daemon) writeSubnetEnv() error {
+	self := d.claim.Lease()
+	return subnet.WriteEnvFile(d.cfg.SubnetFile, &subnet.Env{
+		Network: d.netCfg.IPv4.Network, Subnet: subnet.GatewayPrefix(self.Subnet),
+		IPv6Network: d.netCfg.IPv6.Network, IPv6Subnet: subnet.GatewayPrefix(self.IPv6Subnet),
+		MTU: d.backends.primaryBackend().MTU(), IPMasq: d.cfg.IPMasq,
+	})
 }
 
 // reportLease keeps the lease TTL metric and the lease problem current.

@@ -18,12 +18,14 @@ import (
 
 // metrics are weftd's Prometheus metrics, in a registry of their own.
 type metrics struct {
-	registry     *prometheus.Registry
-	peers        *prometheus.GaugeVec
-	syncDuration prometheus.Histogram
-	syncErrors   prometheus.Counter
-	leaseTTL     prometheus.Gauge
-	ready        prometheus.Gauge
+	registry       *prometheus.Registry
+	peers          *prometheus.GaugeVec
+	syncDuration   prometheus.Histogram
+	syncErrors     prometheus.Counter
+	leaseTTL       prometheus.Gauge
+	ready          prometheus.Gauge
+	backendInfo    *prometheus.GaugeVec
+	configRejected prometheus.Counter
 }
 
 func newMetrics(backendType string, watchRestarts func() uint64) *metrics {
@@ -40,13 +42,19 @@ func newMetrics(backendType string, watchRestarts func() uint64) *metrics {
 		leaseTTL:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "weft_lease_ttl_seconds", Help: "Time left on this node's etcd lease."}),
 		ready:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "weft_ready", Help: "1 when the node is ready (subnet.env written, peers programmed)."}),
 	}
-	info := prometheus.NewGauge(prometheus.GaugeOpts{Name: "weft_backend_info", Help: "The backend this node runs.", ConstLabels: prometheus.Labels{"type": backendType}})
-	info.Set(1)
+	m.backendInfo = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "weft_backend_info", Help: "The backend this node runs (announces in its lease)."}, []string{"type"})
+	m.setBackend(backendType)
+	m.configRejected = prometheus.NewCounter(prometheus.CounterOpts{Name: "weft_config_rejected_total", Help: "Configuration changes that were invalid or cannot be applied to a running node."})
 	restarts := prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "weft_etcd_watch_restarts_total", Help: "Times the lease watch had to be re-established."},
 		func() float64 { return float64(watchRestarts()) })
-	m.registry.MustRegister(m.peers, m.syncDuration, m.syncErrors, m.leaseTTL, m.ready, info, restarts,
+	m.registry.MustRegister(m.peers, m.syncDuration, m.syncErrors, m.leaseTTL, m.ready, m.backendInfo, m.configRejected, restarts,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
+}
+
+func (m *metrics) setBackend(t string) {
+	m.backendInfo.Reset()
+	m.backendInfo.WithLabelValues(t).Set(1)
 }
 
 func (m *metrics) observeSync(d time.Duration, stats backend.Stats, err error) {

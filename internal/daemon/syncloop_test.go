@@ -28,11 +28,12 @@ func (f *fakeBackend) Setup(context.Context) (backend.Published, error) {
 }
 func (f *fakeBackend) MTU() int                       { return 1500 }
 func (f *fakeBackend) Teardown(context.Context) error { return nil }
-func (f *fakeBackend) Sync(_ context.Context, _ subnet.Lease, peers []subnet.Lease) (backend.Stats, error) {
+func (f *fakeBackend) Devices() []string              { return nil }
+func (f *fakeBackend) Sync(_ context.Context, _ subnet.Lease, peers []subnet.Lease) ([]backend.Route, backend.Stats, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.syncs = append(f.syncs, append([]subnet.Lease(nil), peers...))
-	return backend.Stats{Programmed: len(peers)}, nil
+	return nil, backend.Stats{Programmed: len(peers)}, nil
 }
 
 func (f *fakeBackend) calls() [][]subnet.Lease {
@@ -49,12 +50,17 @@ func lease(i int) subnet.Lease {
 }
 
 func newTestDaemon(b backend.Backend) *daemon {
+	log := logrus.NewEntry(logrus.New())
+	set := newBackendSet(backend.Env{}, log)
+	set.installRoutes = func([]backend.Route) error { return nil }
+	set.active["fake"] = &running{Backend: b, options: subnet.Backend{Type: "fake"}}
+	set.primary = "fake"
 	return &daemon{
-		cfg:     &Config{ResyncInterval: time.Hour},
-		log:     logrus.NewEntry(logrus.New()),
-		state:   &state{},
-		metrics: newMetrics("fake", func() uint64 { return 0 }),
-		backend: b,
+		cfg:      &Config{ResyncInterval: time.Hour},
+		log:      log,
+		state:    &state{},
+		metrics:  newMetrics("fake", func() uint64 { return 0 }),
+		backends: set,
 	}
 }
 
@@ -71,7 +77,7 @@ func TestSyncLoopCoalescesABurstIntoOneSync(t *testing.T) {
 	readyCalls := 0
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
-	go func() { done <- d.syncLoop(ctx, self, events, nil, func() error { readyCalls++; return nil }) }()
+	go func() { done <- d.syncLoop(ctx, self, events, nil, nil, func() error { readyCalls++; return nil }) }()
 
 	deadline := time.Now().Add(5 * time.Second)
 	for {
@@ -109,7 +115,7 @@ func TestSyncLoopIgnoresSelfAndOverlaps(t *testing.T) {
 	events <- []subnet.Event{{Type: subnet.Removed, Lease: lease(2)}, {Type: subnet.Added, Lease: lease(3)}}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
-	go func() { done <- d.syncLoop(ctx, self, events, nil, func() error { return nil }) }()
+	go func() { done <- d.syncLoop(ctx, self, events, nil, nil, func() error { return nil }) }()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		calls := fb.calls()

@@ -18,6 +18,7 @@ type Status struct {
 	NotReady    string    `json:"notReady,omitempty"` // why, when not ready
 	LeaseTTL    int64     `json:"leaseTTLSeconds"`
 	LeaseIssue  string    `json:"leaseProblem,omitempty"`
+	ConfigIssue string    `json:"configProblem,omitempty"` // a configuration change that was refused
 	Peers       Peers     `json:"peers"`
 	LastSync    time.Time `json:"lastSync"`
 	LastSyncErr string    `json:"lastSyncError,omitempty"`

@@ -383,3 +383,32 @@ func (c *Claim) Release(ctx context.Context) error {
 	}
 	return nil
 }
+
+// Update publishes new attributes on the claim's key (a backend switch),
+// keeping its subnet and etcd lease. It fails if the key is not attached to
+// the claim's etcd lease right now (Keep is re-creating it); call it again.
+func (c *Claim) Update(ctx context.Context, attrs subnet.Attrs) error {
+	s := c.store
+	value, err := json.Marshal(attrs)
+	if err != nil {
+		return fmt.Errorf("encoding lease value: %w", err)
+	}
+	c.mu.Lock()
+	id, key := c.id, s.SubnetsPrefix()+c.lease.Key()
+	c.mu.Unlock()
+	cctx, cancel := s.call(ctx)
+	defer cancel()
+	resp, err := s.cli.Txn(cctx).If(clientv3.Compare(clientv3.LeaseValue(key), "=", id)).
+		Then(clientv3.OpPut(key, string(value), clientv3.WithLease(id))).Commit()
+	if err != nil {
+		return fmt.Errorf("updating lease %s: %w", key, err)
+	}
+	if !resp.Succeeded {
+		return fmt.Errorf("updating lease %s: the key is not held by etcd lease %x right now", key, int64(id))
+	}
+	c.mu.Lock()
+	c.lease.Attrs = attrs
+	c.mu.Unlock()
+	c.log.WithFields(logrus.Fields{"subnet": c.Lease().Key(), "backend": attrs.BackendType}).Info("lease updated")
+	return nil
+}

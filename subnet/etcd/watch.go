@@ -196,3 +196,53 @@ func sameLease(a, b subnet.Lease) bool {
 		a.BackendType == b.BackendType && a.Node == b.Node &&
 		string(a.BackendData) == string(b.BackendData) && string(a.BackendV6Data) == string(b.BackendV6Data)
 }
+
+// WatchConfig sends the configuration document to out now and each time it
+// is written, until ctx ends; it returns ctx's error. A broken watch is
+// resumed after reading the key again, so no change is missed.
+func (s *Store) WatchConfig(ctx context.Context, out chan<- []byte) error {
+	var b backoff
+	for {
+		var rev int64
+		err := s.retryLogged(ctx, "reading the network configuration", func(ctx context.Context) error {
+			cctx, cancel := s.call(ctx)
+			defer cancel()
+			resp, err := s.cli.Get(cctx, s.ConfigKey())
+			if err != nil {
+				return err
+			}
+			rev = resp.Header.Revision
+			if len(resp.Kvs) > 0 {
+				select {
+				case out <- resp.Kvs[0].Value:
+				case <-ctx.Done():
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+		for resp := range s.cli.Watch(wctx, s.ConfigKey(), clientv3.WithRev(rev+1)) {
+			if resp.Err() != nil {
+				break
+			}
+			for _, ev := range resp.Events {
+				if ev.Type == clientv3.EventTypePut {
+					select {
+					case out <- ev.Kv.Value:
+					case <-ctx.Done():
+					}
+				}
+			}
+		}
+		cancel()
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if !b.wait(ctx) {
+			return ctx.Err()
+		}
+	}
+}
