@@ -23,10 +23,11 @@ import (
 )
 
 type clusterOpts struct {
-	backend  string
-	nodes    int
-	ipMasq   bool
-	leaseTTL time.Duration
+	backend     string
+	nodes       int
+	ipMasq      bool
+	leaseTTL    time.Duration
+	configFiles bool
 }
 
 // testBin returns the path of one of weft's binaries.
@@ -48,7 +49,7 @@ func startCluster(t *testing.T, o clusterOpts) *sandbox.Cluster {
 	defer cancel()
 	c, err := sandbox.Up(ctx, sandbox.Options{
 		Name: "wt" + hex.EncodeToString(id), Dir: dir, BinDir: binDir,
-		Nodes: o.nodes, Backend: o.backend, IPMasq: o.ipMasq, LeaseTTL: o.leaseTTL,
+		Nodes: o.nodes, Backend: o.backend, IPMasq: o.ipMasq, LeaseTTL: o.leaseTTL, ConfigFiles: o.configFiles,
 		Log: t.Logf,
 	})
 	if err != nil {

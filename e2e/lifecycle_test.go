@@ -73,6 +73,10 @@ func TestRestartKeepsSubnetAndDataPath(t *testing.T) {
 	// Leftovers weft owns and a route it does not.
 	ipOut(t, n1.NS, "ip", "route", "add", "100.96.250.0/24", "via", "198.18.0.99", "dev", "eth0", "proto", "87")
 	ipOut(t, n1.NS, "ip", "route", "add", "100.99.0.0/24", "via", "198.18.0.254", "proto", "static")
+	// A device of a backend this node no longer runs (as after a switch
+	// from VNI 9) and a device that is not weft's.
+	ipOut(t, n1.NS, "ip", "link", "add", "weft.9", "type", "vxlan", "id", "9", "dstport", "4789", "local", n1.IP.String())
+	ipOut(t, n1.NS, "ip", "link", "add", "other.9", "type", "vxlan", "id", "19", "dstport", "4790", "local", n1.IP.String())
 
 	c.StopWeftd(n1, syscall.SIGKILL)
 	// The data path works without the daemon.
@@ -94,6 +98,9 @@ func TestRestartKeepsSubnetAndDataPath(t *testing.T) {
 	}
 	if n := strings.Count(strings.TrimSpace(routes), "\n") + 1; n != 2 {
 		t.Errorf("%d weft routes after restart, want 2:\n%s", n, routes)
+	}
+	if links := ipOut(t, n1.NS, "ip", "-o", "link"); strings.Contains(links, "weft.9") || !strings.Contains(links, "other.9") {
+		t.Errorf("after restart, want weft.9 removed and other.9 kept:\n%s", links)
 	}
 	if out := ipOut(t, n1.NS, "ip", "route", "show", "100.99.0.0/24"); !strings.Contains(out, "proto static") {
 		t.Errorf("someone else's route was removed:\n%s", out)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"github.com/urfave/cli/v2"
 
@@ -64,6 +65,9 @@ func configCommand() *cli.Command {
 						return err
 					}
 					defer closeStore()
+					if cur, _, err := store.GetConfig(c.Context); err == nil {
+						printWarnings(c.App.ErrWriter, describeChange(cur, cfg))
+					}
 					if err := store.PutConfig(c.Context, cfg); err != nil {
 						return err
 					}
@@ -86,4 +90,52 @@ func printWarnings(w io.Writer, warnings []string) {
 	for _, msg := range warnings {
 		fmt.Fprintln(w, "weftctl: warning:", msg)
 	}
+}
+
+// describeChange says what writing next over cur will do to running nodes.
+func describeChange(cur, next *subnet.Config) []string {
+	var out []string
+	for _, f := range []struct {
+		name     string
+		from, to subnet.Pool
+	}{{"IPv4 network", cur.IPv4, next.IPv4}, {"IPv6 network", cur.IPv6, next.IPv6}} {
+		if f.from != f.to {
+			out = append(out, fmt.Sprintf("the %s changes from %s to %s: running weftd nodes refuse this (it cannot be applied "+
+				"under running pods) and keep the current one until they restart; plan a restart of every node and its pods",
+				f.name, describePool(f.from), describePool(f.to)))
+		}
+	}
+	if cur.Backend != next.Backend {
+		out = append(out, fmt.Sprintf("this switches the backend from %s to %s: every weftd applies it live, and nodes keep "+
+			"reaching peers on the old backend until those have switched too", describeBackend(cur.Backend), describeBackend(next.Backend)))
+	}
+	return out
+}
+
+func describePool(p subnet.Pool) string {
+	if !p.Enabled() {
+		return "none"
+	}
+	return fmt.Sprintf("%s (/%d per node, %s to %s)", p.Network, p.SubnetLen, p.Min, p.Max)
+}
+
+func describeBackend(b subnet.Backend) string {
+	s := b.Type
+	var opts []string
+	if b.Type == subnet.BackendVXLAN {
+		opts = append(opts, fmt.Sprintf("VNI %d", b.VNI))
+		if b.Port != 0 {
+			opts = append(opts, fmt.Sprintf("port %d", b.Port))
+		}
+	}
+	if b.MTU != 0 {
+		opts = append(opts, fmt.Sprintf("MTU %d", b.MTU))
+	}
+	if b.DirectRouting {
+		opts = append(opts, "DirectRouting")
+	}
+	if len(opts) > 0 {
+		s += " (" + strings.Join(opts, ", ") + ")"
+	}
+	return s
 }

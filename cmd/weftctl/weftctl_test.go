@@ -75,6 +75,17 @@ func TestConfigSetGet(t *testing.T) {
 		t.Fatalf("config get: %+v", r)
 	}
 
+	// A switch and a network change are announced before they are written.
+	r = weftctl(t, ep, `{"Network":"100.96.0.0/12","Backend":{"Type":"vxlan","VNI":4}}`, "config", "set", "-")
+	if r.code != 0 || !strings.Contains(r.stderr, "this switches the backend from host-gw to vxlan (VNI 4): every weftd applies it live") {
+		t.Errorf("switch warning: %+v", r)
+	}
+	r = weftctl(t, ep, `{"Network":"100.64.0.0/12","Backend":{"Type":"vxlan","VNI":4}}`, "config", "set", "-")
+	if r.code != 0 || !strings.Contains(r.stderr, "the IPv4 network changes from 100.96.0.0/12 (/24 per node, 100.96.1.0 to 100.111.255.0) to 100.64.0.0/12") ||
+		strings.Contains(r.stderr, "switches the backend") {
+		t.Errorf("network change warning: %+v", r)
+	}
+
 	// Usage errors exit 2.
 	if r := weftctl(t, ep, "", "config", "set"); r.code != 2 {
 		t.Errorf("config set without FILE: %+v", r)

@@ -48,6 +48,10 @@ type Options struct {
 	IPMasq bool
 	// LeaseTTL passes --lease-ttl (default: weftd's).
 	LeaseTTL time.Duration
+	// ConfigFiles gives every node its own net-conf.json file
+	// (--net-config-path), laid out as a Kubernetes ConfigMap volume is, so
+	// that SetNodeConfig can update it the way the kubelet does.
+	ConfigFiles bool
 	// Detach starts processes in sessions of their own so that they outlive
 	// the caller (weftctl sandbox up); otherwise they die with it.
 	Detach bool
@@ -263,6 +267,15 @@ func (c *Cluster) StartWeftd(ctx context.Context, n *Node) error {
 	if c.opts.LeaseTTL != 0 {
 		args = append(args, "--lease-ttl", c.opts.LeaseTTL.String())
 	}
+	if c.opts.ConfigFiles {
+		path := c.configPath(n)
+		if _, err := os.Stat(path); err != nil {
+			if err := c.SetNodeConfig(n, c.opts.NetConf); err != nil {
+				return err
+			}
+		}
+		args = append(args, "--net-config-path", path)
+	}
 	var err error
 	n.weftd, err = c.start(n.NS, n.LogFile, filepath.Join(c.opts.BinDir, "weftd"), args...)
 	if err != nil {
@@ -281,6 +294,45 @@ func (c *Cluster) StartWeftd(ctx context.Context, n *Node) error {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+func (c *Cluster) configPath(n *Node) string {
+	return filepath.Join(filepath.Dir(n.SubnetFile), "config", "net-conf.json")
+}
+
+// SetNodeConfig writes n's net-conf.json file as the kubelet updates a
+// ConfigMap volume: the data goes into a new timestamped directory, the
+// symlink ..data is swapped to it atomically, and net-conf.json is a
+// symlink through ..data.
+func (c *Cluster) SetNodeConfig(n *Node, conf string) error {
+	dir := filepath.Dir(c.configPath(n))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	stamp := fmt.Sprintf("..%d", time.Now().UnixNano())
+	if err := os.Mkdir(filepath.Join(dir, stamp), 0o755); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, stamp, "net-conf.json"), []byte(conf), 0o644); err != nil {
+		return err
+	}
+	old, _ := os.Readlink(filepath.Join(dir, "..data"))
+	tmp := filepath.Join(dir, "..data_tmp")
+	os.Remove(tmp)
+	if err := os.Symlink(stamp, tmp); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, "..data")); err != nil {
+		return err
+	}
+	if old != "" {
+		os.RemoveAll(filepath.Join(dir, old))
+	}
+	link := filepath.Join(dir, "net-conf.json")
+	if _, err := os.Lstat(link); err != nil {
+		return os.Symlink(filepath.Join("..data", "net-conf.json"), link)
+	}
+	return nil
 }
 
 // StopWeftd stops n's weftd with sig (SIGTERM or SIGKILL), waits, and
