@@ -66,6 +66,9 @@ type Stats struct {
 	// Unreachable peers cannot be served by this backend (host-gw: not on
 	// the same L2 segment; vxlan: no VTEP MAC).
 	Unreachable int
+	// Direct counts the programmed peers a tunnel backend reaches with a
+	// plain route (DirectRouting); the rest of Programmed is encapsulated.
+	Direct int
 }
 
 // ExternalInterface is the node's interface toward the other nodes.

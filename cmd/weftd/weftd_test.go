@@ -112,3 +112,21 @@ func TestWaitsForUnreachableEtcdAndSaysSo(t *testing.T) {
 		t.Errorf("want repeated messages naming the endpoint, got %d:\n%s", waits, stderr)
 	}
 }
+
+func TestIPIPWithoutKernelSupportSaysSo(t *testing.T) {
+	if _, err := os.Stat("/sys/module/ipip"); err == nil {
+		t.Skip("this kernel has IPIP")
+	}
+	n := testenv.NewNetNS(t)
+	n.AddUplink(t, "eth0", 1500, "198.18.0.1/24")
+	conf := filepath.Join(t.TempDir(), "net-conf.json")
+	os.WriteFile(conf, []byte(`{"Network":"100.96.0.0/12","Backend":{"Type":"ipip"}}`), 0o644)
+	stderr, code, _ := weftd(t, n.Name, nil, 10*time.Second, "--healthz-addr", "", "--iface", "eth0",
+		"--net-config-path", conf, "--etcd-endpoints", "http://198.18.0.254:2379")
+	want := "this kernel has no IP-in-IP support (kernel module ipip); load it with: modprobe ipip"
+	lines := strings.Split(strings.TrimSpace(stderr), "\n")
+	last := lines[len(lines)-1]
+	if code != 1 || !strings.HasPrefix(last, "weftd: ") || !strings.HasSuffix(last, want) {
+		t.Errorf("exit %d and last line %q; want 1 and a line ending %q:\n%s", code, last, want, stderr)
+	}
+}

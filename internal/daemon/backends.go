@@ -11,6 +11,7 @@ import (
 
 	"github.com/weft-net/weft/backend"
 	"github.com/weft-net/weft/backend/hostgw"
+	"github.com/weft-net/weft/backend/ipip"
 	"github.com/weft-net/weft/backend/vxlan"
 	"github.com/weft-net/weft/subnet"
 )
@@ -19,6 +20,7 @@ import (
 var constructors = map[string]func(backend.Env) (backend.Backend, error){
 	subnet.BackendVXLAN:  func(env backend.Env) (backend.Backend, error) { return vxlan.New(env) },
 	subnet.BackendHostGW: func(env backend.Env) (backend.Backend, error) { return hostgw.New(env) },
+	subnet.BackendIPIP:   func(env backend.Env) (backend.Backend, error) { return ipip.New(env) },
 }
 
 func backendNames() []string {
@@ -149,6 +151,7 @@ func (s *backendSet) sync(ctx context.Context, self subnet.Lease, peers map[stri
 		total.Programmed += st.Programmed
 		total.Unreachable += st.Unreachable
 		total.OtherType += st.OtherType
+		total.Direct += st.Direct
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", t, err))
 		}
