@@ -14,6 +14,7 @@ import (
 	"github.com/google/nftables"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
 
 	"github.com/weft-net/weft/backend"
 	"github.com/weft-net/weft/internal/masq"
@@ -147,7 +148,7 @@ func (d *daemon) readNetConfig(ctx context.Context) (*subnet.Config, error) {
 
 func (d *daemon) run(ctx context.Context) error {
 	var err error
-	d.nl, err = netlinksafe.NewHandle()
+	d.nl, err = netlinksafe.NewHandle(unix.NETLINK_ROUTE) // only what weft uses: a stock kernel may lack e.g. xfrm_user
 	if err != nil {
 		return fmt.Errorf("opening netlink: %w", err)
 	}

@@ -9,6 +9,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/testutils"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // NetNS is a throwaway network namespace for one test.
@@ -34,7 +35,7 @@ func NewNetNS(t testing.TB) *NetNS {
 		testutils.UnmountNS(n)
 		t.Fatalf("opening %s: %v", n.Path(), err)
 	}
-	h, err := netlinksafe.NewHandleAt(nsh)
+	h, err := netlinksafe.NewHandleAt(nsh, unix.NETLINK_ROUTE)
 	nsh.Close()
 	if err != nil {
 		testutils.UnmountNS(n)
