@@ -216,6 +216,7 @@ func (v *VXLAN) Sync(ctx context.Context, self subnet.Lease, peers []subnet.Leas
 
 	want := make([]peerEntry, 0, len(peers))
 	routes := make([]backend.Route, 0, len(peers))
+	direct := backend.NewDirectRouter(v.env, v.cfg.DirectRouting)
 	for i := range peers {
 		p := &peers[i]
 		if p.BackendType != subnet.BackendVXLAN {
@@ -227,6 +228,13 @@ func (v *VXLAN) Sync(ctx context.Context, self subnet.Lease, peers []subnet.Leas
 		if mac == nil || !p.Subnet.IsValid() {
 			stats.Unreachable++
 			v.once.Warn(v.log, p.Key(), "peer's lease has no VTEP MAC; cannot reach it over vxlan")
+			continue
+		}
+		if r, ok := direct.Route(p.Subnet, p.PublicIP); ok {
+			// DirectRouting: same L2 segment, no encapsulation.
+			routes = append(routes, r)
+			stats.Direct++
+			stats.Programmed++
 			continue
 		}
 		gw := p.Subnet.Addr()
@@ -263,7 +271,7 @@ func (v *VXLAN) Sync(ctx context.Context, self subnet.Lease, peers []subnet.Leas
 			errs = append(errs, v.delFDB(idx, mac, dst))
 		}
 	}
-	stats.Programmed = len(want)
+	stats.Programmed += len(want)
 	return routes, stats, errors.Join(errs...)
 }
 

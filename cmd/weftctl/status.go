@@ -93,6 +93,9 @@ func printStatus(w io.Writer, st *status.Status, now time.Time) {
 	row("LEASE TTL", lease)
 	row("PEERS", fmt.Sprintf("%d known, %d programmed, %d other backend, %d unreachable",
 		st.Peers.Known, st.Peers.Programmed, st.Peers.OtherType, st.Peers.Unreachable))
+	if st.Peers.Direct > 0 {
+		row("DIRECT ROUTING", fmt.Sprintf("%d direct, %d encapsulated", st.Peers.Direct, st.Peers.Programmed-st.Peers.Direct))
+	}
 	last := "never"
 	if !st.LastSync.IsZero() {
 		last = now.Sub(st.LastSync).Round(time.Millisecond).String() + " ago"

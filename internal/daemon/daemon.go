@@ -308,7 +308,7 @@ func (d *daemon) sync(ctx context.Context, self subnet.Lease, peers map[string]s
 	elapsed := time.Since(start)
 	d.metrics.observeSync(elapsed, stats, err)
 	d.state.update(func(s *status.Status) {
-		s.Peers = status.Peers{Known: len(peers), Programmed: stats.Programmed, OtherType: stats.OtherType, Unreachable: stats.Unreachable}
+		s.Peers = status.Peers{Known: len(peers), Programmed: stats.Programmed, OtherType: stats.OtherType, Unreachable: stats.Unreachable, Direct: stats.Direct}
 		s.LastSync = time.Now()
 		s.LastSyncErr = ""
 		if err != nil {

@@ -32,7 +32,7 @@ func newMetrics(backendType string, watchRestarts func() uint64) *metrics {
 	m := &metrics{
 		registry: prometheus.NewRegistry(),
 		peers: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "weft_peers", Help: "Leases of other nodes by state: programmed, other_backend (announce another backend type), unreachable (this backend cannot serve them).",
+			Name: "weft_peers", Help: "Leases of other nodes by state: programmed (of which direct: plain routes by DirectRouting), other_backend (no backend here for the type they announce), unreachable (their backend cannot serve them).",
 		}, []string{"state"}),
 		syncDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "weft_sync_duration_seconds", Help: "Time to bring the kernel in step with the leases.",
@@ -65,6 +65,8 @@ func (m *metrics) observeSync(d time.Duration, stats backend.Stats, err error) {
 	m.peers.WithLabelValues("programmed").Set(float64(stats.Programmed))
 	m.peers.WithLabelValues("other_backend").Set(float64(stats.OtherType))
 	m.peers.WithLabelValues("unreachable").Set(float64(stats.Unreachable))
+	m.peers.WithLabelValues("direct").Set(float64(stats.Direct))
+	m.peers.WithLabelValues("encapsulated").Set(float64(stats.Programmed - stats.Direct))
 }
 
 // state is the daemon's status as the health server reports it. It is

@@ -40,7 +40,9 @@ func checkForwarding(log *logrus.Entry, cfg *subnet.Config) {
 
 // watchKernel asks the sync loop for a sync (on kick) whenever a route weft
 // owns, a permanent neighbour or FDB entry, or a link is deleted, so that
-// drift is repaired at once rather than at the next periodic resync.
+// drift is repaired at once rather than at the next periodic resync, and
+// whenever another route changes, so that DirectRouting follows the
+// underlay.
 func (d *daemon) watchKernel(ctx context.Context, kick chan<- struct{}) error {
 	done := make(chan struct{})
 	defer close(done)
@@ -72,7 +74,9 @@ func (d *daemon) watchKernel(ctx context.Context, kick chan<- struct{}) error {
 				routes = nil
 				continue
 			}
-			if u.Type == unix.RTM_DELROUTE && u.Protocol == backend.RouteProtocol {
+			// A route of weft's deleted: drift. Any other route change: the
+			// underlay changed, and DirectRouting decisions may with it.
+			if u.Protocol != backend.RouteProtocol || u.Type == unix.RTM_DELROUTE {
 				poke()
 			}
 		case u, ok := <-neighs:

@@ -74,6 +74,7 @@ type Cluster struct {
 type Node struct {
 	Name       string // node-1
 	NS         string // its namespace
+	Segment    int    // underlay segment: 0 is 198.18.0.0/24, 1 is 198.18.1.0/24
 	IP         netip.Addr
 	SubnetFile string
 	LogFile    string
@@ -210,17 +211,53 @@ func (c *Cluster) Weftctl(ctx context.Context, args ...string) (string, error) {
 	return string(out), err
 }
 
-// AddNode creates the next node and waits until its weftd is ready.
-func (c *Cluster) AddNode(ctx context.Context) (*Node, error) {
+// AddNode creates the next node on the first underlay segment and waits
+// until its weftd is ready.
+func (c *Cluster) AddNode(ctx context.Context) (*Node, error) { return c.AddNodeOn(ctx, 0) }
+
+// segmentRouter is the fabric's address on each underlay segment; the
+// fabric namespace routes between the segments, so nodes on different
+// segments reach each other only through a router, as on two LANs.
+func segmentRouter(seg int) netip.Addr { return netip.AddrFrom4([4]byte{198, 18, byte(seg), 254}) }
+
+func segmentBridge(seg int) string { return fmt.Sprintf("br%d", seg) }
+
+// ensureSegment creates the fabric bridge of segment seg (>0) on first use.
+func (c *Cluster) ensureSegment(seg int) error {
+	if seg == 0 {
+		return nil
+	}
+	if err := run("ip", "-n", c.Fabric, "link", "show", segmentBridge(seg)); err == nil {
+		return nil
+	}
+	c.opts.logf("fabric: segment %d, bridge %s %s/24, routing between segments", seg, segmentBridge(seg), segmentRouter(seg))
+	return runAll(
+		[]string{"ip", "-n", c.Fabric, "link", "add", segmentBridge(seg), "type", "bridge"},
+		[]string{"ip", "-n", c.Fabric, "addr", "add", segmentRouter(seg).String() + "/24", "dev", segmentBridge(seg)},
+		[]string{"ip", "-n", c.Fabric, "link", "set", segmentBridge(seg), "up"},
+		[]string{"ip", "netns", "exec", c.Fabric, "sysctl", "-qw", "net.ipv4.ip_forward=1"},
+	)
+}
+
+// AddNodeOn creates the next node on underlay segment seg (0 or 1) and
+// waits until its weftd is ready.
+func (c *Cluster) AddNodeOn(ctx context.Context, seg int) (*Node, error) {
+	if seg < 0 || seg > 1 {
+		return nil, fmt.Errorf("sandbox: segment %d does not exist; use 0 or 1", seg)
+	}
+	if err := c.ensureSegment(seg); err != nil {
+		return nil, err
+	}
 	c.added++
 	i := c.added
 	if i > 250 {
 		return nil, errors.New("sandbox: at most 250 nodes")
 	}
 	n := &Node{
-		Name: "node-" + strconv.Itoa(i),
-		NS:   fmt.Sprintf("%s-node-%d", c.opts.Name, i),
-		IP:   netip.AddrFrom4([4]byte{198, 18, 0, byte(i)}),
+		Name:    "node-" + strconv.Itoa(i),
+		NS:      fmt.Sprintf("%s-node-%d", c.opts.Name, i),
+		IP:      netip.AddrFrom4([4]byte{198, 18, byte(seg), byte(i)}),
+		Segment: seg,
 	}
 	dir := filepath.Join(c.opts.Dir, n.Name)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -238,10 +275,10 @@ func (c *Cluster) AddNode(ctx context.Context) (*Node, error) {
 	if err := runAll(
 		[]string{"ip", "-n", n.NS, "link", "set", "lo", "up"},
 		[]string{"ip", "-n", n.NS, "link", "add", "eth0", "type", "veth", "peer", "name", fabricPort, "netns", c.Fabric},
-		[]string{"ip", "-n", c.Fabric, "link", "set", fabricPort, "master", "br0", "up"},
+		[]string{"ip", "-n", c.Fabric, "link", "set", fabricPort, "master", segmentBridge(seg), "up"},
 		[]string{"ip", "-n", n.NS, "addr", "add", n.IP.String() + "/24", "dev", "eth0"},
 		[]string{"ip", "-n", n.NS, "link", "set", "eth0", "up"},
-		[]string{"ip", "-n", n.NS, "route", "add", "default", "via", FabricIP.String()},
+		[]string{"ip", "-n", n.NS, "route", "add", "default", "via", segmentRouter(seg).String()},
 	); err != nil {
 		return nil, err
 	}

@@ -32,4 +32,5 @@ type Peers struct {
 	Programmed  int `json:"programmed"`
 	OtherType   int `json:"otherBackend"`
 	Unreachable int `json:"unreachable"`
+	Direct      int `json:"direct"` // programmed with a plain route (DirectRouting)
 }
