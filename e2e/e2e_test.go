@@ -28,6 +28,8 @@ type clusterOpts struct {
 	ipMasq      bool
 	leaseTTL    time.Duration
 	configFiles bool
+	ipv6        bool   // IPv6 underlay addresses too
+	netConf     string // net-conf.json instead of the default for backend
 }
 
 // testBin returns the path of one of weft's binaries.
@@ -50,6 +52,7 @@ func startCluster(t *testing.T, o clusterOpts) *sandbox.Cluster {
 	c, err := sandbox.Up(ctx, sandbox.Options{
 		Name: "wt" + hex.EncodeToString(id), Dir: dir, BinDir: binDir,
 		Nodes: o.nodes, Backend: o.backend, IPMasq: o.ipMasq, LeaseTTL: o.leaseTTL, ConfigFiles: o.configFiles,
+		IPv6: o.ipv6, NetConf: o.netConf,
 		Log: t.Logf,
 	})
 	if err != nil {

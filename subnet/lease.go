@@ -224,9 +224,13 @@ func (c *Config) CheckLease(l *Lease) error {
 
 // VtepMAC returns the VTEP MAC address a vxlan lease publishes in its
 // BackendData, or nil.
-func (a *Attrs) VtepMAC() net.HardwareAddr {
+func (a *Attrs) VtepMAC() net.HardwareAddr { return VtepMAC(a.BackendData) }
+
+// VtepMAC returns the VtepMAC of vxlan backend data (BackendData or
+// BackendV6Data), or nil.
+func VtepMAC(data json.RawMessage) net.HardwareAddr {
 	var d struct{ VtepMAC string }
-	if json.Unmarshal(a.BackendData, &d) != nil {
+	if json.Unmarshal(data, &d) != nil {
 		return nil
 	}
 	mac, err := net.ParseMAC(d.VtepMAC)

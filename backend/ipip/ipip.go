@@ -39,6 +39,9 @@ var _ backend.Backend = (*IPIP)(nil)
 
 // New returns the backend; it touches nothing until Setup.
 func New(env backend.Env) (*IPIP, error) {
+	if env.Network.IPv6.Enabled() {
+		return nil, errors.New("ipip carries IPv4 only; for an IPv6 pod network use vxlan or host-gw")
+	}
 	if !env.Ext.LocalIP.Is4() {
 		return nil, errors.New("ipip: the external interface has no IPv4 address to send from")
 	}

@@ -2,7 +2,8 @@
 // scheme, so flannel and weft nodes interoperate: for each peer a permanent
 // neighbour entry <peer subnet .0> lladdr <VtepMAC>, an FDB entry <VtepMAC>
 // dst <peer PublicIP>, and a route <peer subnet> via <peer subnet .0>
-// onlink, all on the device weft.<VNI>.
+// onlink, on the device weft.<VNI> over IPv4 and, for IPv6 pod networks,
+// the same on weft-v6.<VNI> over IPv6.
 package vxlan
 
 import (
@@ -23,8 +24,12 @@ import (
 	"github.com/weft-net/weft/subnet"
 )
 
-// Overhead is what VXLAN encapsulation over IPv4 adds to a packet.
-const Overhead = 50
+// Overhead is what VXLAN encapsulation over IPv4 adds to a packet;
+// Overhead6 what it adds over IPv6.
+const (
+	Overhead  = 50
+	Overhead6 = 70
+)
 
 // defaultPort is the kernel's VXLAN port when none is configured.
 const defaultPort = 8472
@@ -33,15 +38,39 @@ const defaultPort = 8472
 type VXLAN struct {
 	env  backend.Env
 	cfg  subnet.Backend
-	name string
-	mac  net.HardwareAddr
+	devs []*device // one per enabled address family, IPv4 first
 	log  *logrus.Entry
 	once backend.LogOnce
 }
 
 var _ backend.Backend = (*VXLAN)(nil)
 
-// LeaseData is the BackendData a vxlan lease publishes (flannel's format).
+// device is the VXLAN device of one address family.
+type device struct {
+	v6       bool
+	name     string
+	mac      net.HardwareAddr
+	local    netip.Addr // underlay address packets are sent from
+	overhead int
+}
+
+func (d *device) family() int {
+	if d.v6 {
+		return netlink.FAMILY_V6
+	}
+	return netlink.FAMILY_V4
+}
+
+// peerSide is what a peer's lease says about the family of d.
+func (d *device) peerSide(p *subnet.Lease) (sn netip.Prefix, public netip.Addr, data json.RawMessage) {
+	if d.v6 {
+		return p.IPv6Subnet, p.PublicIPv6, p.BackendV6Data
+	}
+	return p.Subnet, p.PublicIP, p.BackendData
+}
+
+// LeaseData is the BackendData (and BackendV6Data) a vxlan lease
+// publishes (flannel's format).
 type LeaseData struct {
 	VNI     int
 	VtepMAC string
@@ -50,31 +79,57 @@ type LeaseData struct {
 // New returns the backend; it touches nothing until Setup.
 func New(env backend.Env) (*VXLAN, error) {
 	cfg := env.Network.Backend
-	if !env.Ext.LocalIP.Is4() {
-		return nil, errors.New("vxlan: the external interface has no IPv4 address to send VXLAN from")
+	v := &VXLAN{env: env, cfg: cfg, log: env.Log.WithField("backend", subnet.BackendVXLAN)}
+	vni := strconv.Itoa(cfg.VNI)
+	if env.Network.IPv4.Enabled() {
+		if !env.Ext.LocalIP.Is4() {
+			return nil, errors.New("vxlan: the external interface has no IPv4 address to send VXLAN from")
+		}
+		v.devs = append(v.devs, &device{name: "weft." + vni, mac: stableMAC(env.Ext.PublicIP, cfg.VNI), local: env.Ext.LocalIP, overhead: Overhead})
 	}
-	return &VXLAN{
-		env:  env,
-		cfg:  cfg,
-		name: "weft." + strconv.Itoa(cfg.VNI),
-		mac:  stableMAC(env.Ext.PublicIP, cfg.VNI),
-		log:  env.Log.WithField("backend", subnet.BackendVXLAN),
-	}, nil
+	if env.Network.IPv6.Enabled() {
+		if !env.Ext.LocalIPv6.Is6() {
+			return nil, errors.New("vxlan: the external interface has no IPv6 address to send VXLAN from")
+		}
+		v.devs = append(v.devs, &device{v6: true, name: "weft-v6." + vni, mac: stableMAC(env.Ext.PublicIPv6, cfg.VNI), local: env.Ext.LocalIPv6, overhead: Overhead6})
+	}
+	return v, nil
 }
 
 // Type implements backend.Backend.
 func (v *VXLAN) Type() string { return subnet.BackendVXLAN }
 
-// DeviceName is the VXLAN device's name, weft.<VNI>.
-func (v *VXLAN) DeviceName() string { return v.name }
+// Devices implements backend.Backend.
+func (v *VXLAN) Devices() []string {
+	var names []string
+	for _, d := range v.devs {
+		names = append(names, d.name)
+	}
+	return names
+}
+
+// DeviceName is the IPv4 VXLAN device's name, weft.<VNI>.
+func (v *VXLAN) DeviceName() string { return "weft." + strconv.Itoa(v.cfg.VNI) }
 
 // MTU implements backend.Backend: the configured MTU, or the underlay's
-// minus the encapsulation overhead.
+// minus the largest encapsulation overhead in use (so that pods fit both
+// families' tunnels).
 func (v *VXLAN) MTU() int {
 	if v.cfg.MTU != 0 {
 		return v.cfg.MTU
 	}
-	return v.env.Ext.MTU - Overhead
+	mtu := v.env.Ext.MTU - Overhead
+	for _, d := range v.devs {
+		mtu = min(mtu, v.env.Ext.MTU-d.overhead)
+	}
+	return mtu
+}
+
+func (v *VXLAN) deviceMTU(d *device) int {
+	if v.cfg.MTU != 0 {
+		return v.cfg.MTU
+	}
+	return v.env.Ext.MTU - d.overhead
 }
 
 // stableMAC derives the VTEP MAC from the node's public address and VNI, so
@@ -87,29 +142,37 @@ func stableMAC(ip netip.Addr, vni int) net.HardwareAddr {
 	return mac
 }
 
-// Setup implements backend.Backend: it creates weft.<VNI>, or reuses a
-// compatible one left by an earlier run, and publishes its VNI and MAC.
+// Setup implements backend.Backend: it creates the devices, or reuses
+// compatible ones left by an earlier run, and publishes their VNI and MACs.
 func (v *VXLAN) Setup(ctx context.Context) (backend.Published, error) {
-	if _, err := v.ensureDevice(); err != nil {
-		return backend.Published{}, err
+	var pub backend.Published
+	for _, d := range v.devs {
+		if _, err := v.ensureDevice(d); err != nil {
+			return backend.Published{}, err
+		}
+		data, err := json.Marshal(LeaseData{VNI: v.cfg.VNI, VtepMAC: d.mac.String()})
+		if err != nil {
+			return backend.Published{}, err
+		}
+		if d.v6 {
+			pub.V6Data = data
+		} else {
+			pub.Data = data
+		}
 	}
-	data, err := json.Marshal(LeaseData{VNI: v.cfg.VNI, VtepMAC: v.mac.String()})
-	if err != nil {
-		return backend.Published{}, err
-	}
-	return backend.Published{Data: data}, nil
+	return pub, nil
 }
 
-func (v *VXLAN) wantDevice() *netlink.Vxlan {
+func (v *VXLAN) wantDevice(d *device) *netlink.Vxlan {
 	return &netlink.Vxlan{
 		LinkAttrs: netlink.LinkAttrs{
-			Name:         v.name,
-			MTU:          v.MTU(),
-			HardwareAddr: v.mac,
+			Name:         d.name,
+			MTU:          v.deviceMTU(d),
+			HardwareAddr: d.mac,
 		},
 		VxlanId:      v.cfg.VNI,
 		VtepDevIndex: v.env.Ext.Index,
-		SrcAddr:      net.IP(v.env.Ext.LocalIP.AsSlice()),
+		SrcAddr:      net.IP(d.local.AsSlice()),
 		Port:         v.port(),
 		Learning:     v.cfg.Learning,
 		GBP:          v.cfg.GBP,
@@ -123,47 +186,47 @@ func (v *VXLAN) port() int {
 	return v.cfg.Port
 }
 
-// ensureDevice makes weft.<VNI> exist, match the configuration and be up.
-func (v *VXLAN) ensureDevice() (netlink.Link, error) {
+// ensureDevice makes d exist, match the configuration and be up.
+func (v *VXLAN) ensureDevice(d *device) (netlink.Link, error) {
 	h := v.env.Netlink
-	want := v.wantDevice()
-	link, err := h.LinkByName(v.name)
+	want := v.wantDevice(d)
+	link, err := h.LinkByName(d.name)
 	if err == nil {
 		if why := incompatible(link, want); why != "" {
-			v.log.WithField("device", v.name).Infof("re-creating the device: %s", why)
+			v.log.WithField("device", d.name).Infof("re-creating the device: %s", why)
 			if err := h.LinkDel(link); err != nil {
-				return nil, fmt.Errorf("deleting incompatible device %s: %w", v.name, err)
+				return nil, fmt.Errorf("deleting incompatible device %s: %w", d.name, err)
 			}
 			link = nil
 		}
 	} else if !errors.As(err, new(netlink.LinkNotFoundError)) {
-		return nil, fmt.Errorf("looking up device %s: %w", v.name, err)
+		return nil, fmt.Errorf("looking up device %s: %w", d.name, err)
 	} else {
 		link = nil
 	}
 	if link == nil {
 		if err := h.LinkAdd(want); err != nil {
-			return nil, fmt.Errorf("adding vxlan device %s (vni %d, port %d, local %s): %w", v.name, want.VxlanId, want.Port, want.SrcAddr, err)
+			return nil, fmt.Errorf("adding vxlan device %s (vni %d, port %d, local %s): %w", d.name, want.VxlanId, want.Port, want.SrcAddr, err)
 		}
-		if link, err = h.LinkByName(v.name); err != nil {
-			return nil, fmt.Errorf("looking up device %s: %w", v.name, err)
+		if link, err = h.LinkByName(d.name); err != nil {
+			return nil, fmt.Errorf("looking up device %s: %w", d.name, err)
 		}
-		v.log.WithFields(logrus.Fields{"device": v.name, "vni": want.VxlanId, "port": want.Port, "mtu": want.MTU, "mac": v.mac.String()}).Info("created vxlan device")
+		v.log.WithFields(logrus.Fields{"device": d.name, "vni": want.VxlanId, "port": want.Port, "mtu": want.MTU, "mac": d.mac.String()}).Info("created vxlan device")
 	}
 	attrs := link.Attrs()
 	if attrs.MTU != want.MTU {
 		if err := h.LinkSetMTU(link, want.MTU); err != nil {
-			return nil, fmt.Errorf("setting MTU %d on %s: %w", want.MTU, v.name, err)
+			return nil, fmt.Errorf("setting MTU %d on %s: %w", want.MTU, d.name, err)
 		}
 	}
-	if attrs.HardwareAddr.String() != v.mac.String() {
-		if err := h.LinkSetHardwareAddr(link, v.mac); err != nil {
-			return nil, fmt.Errorf("setting MAC %s on %s: %w", v.mac, v.name, err)
+	if attrs.HardwareAddr.String() != d.mac.String() {
+		if err := h.LinkSetHardwareAddr(link, d.mac); err != nil {
+			return nil, fmt.Errorf("setting MAC %s on %s: %w", d.mac, d.name, err)
 		}
 	}
 	if attrs.Flags&net.FlagUp == 0 {
 		if err := h.LinkSetUp(link); err != nil {
-			return nil, fmt.Errorf("bringing up %s: %w", v.name, err)
+			return nil, fmt.Errorf("bringing up %s: %w", d.name, err)
 		}
 	}
 	return link, nil
@@ -191,60 +254,96 @@ func incompatible(link netlink.Link, want *netlink.Vxlan) string {
 	return ""
 }
 
-// peerEntry is what one peer needs on the device.
+// peerEntry is what one peer needs on a device.
 type peerEntry struct {
-	gw     netip.Addr // peer subnet .0, the next hop on the device
+	gw     netip.Addr // peer subnet's network address, the next hop on the device
 	mac    string
 	public netip.Addr
 }
-
-// Devices implements backend.Backend.
-func (v *VXLAN) Devices() []string { return []string{v.name} }
 
 // Sync implements backend.Backend.
 func (v *VXLAN) Sync(ctx context.Context, self subnet.Lease, peers []subnet.Lease) ([]backend.Route, backend.Stats, error) {
 	var stats backend.Stats
 	defer v.once.EndSync()
-	link, err := v.ensureDevice()
+	direct := backend.NewDirectRouter(v.env, v.cfg.DirectRouting)
+	var routes []backend.Route
+	var errs []error
+	ok := make([]bool, len(peers)) // a peer counts as programmed if every family is
+	for i := range ok {
+		ok[i] = true
+	}
+	for _, d := range v.devs {
+		rs, err := v.syncDevice(d, self, peers, direct, ok, &stats)
+		routes = append(routes, rs...)
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for i := range peers {
+		switch {
+		case peers[i].BackendType != subnet.BackendVXLAN:
+			stats.OtherType++
+			v.once.Warn(v.log, peers[i].Key(), fmt.Sprintf("peer runs backend %q; not programming it with vxlan", peers[i].BackendType))
+		case ok[i]:
+			stats.Programmed++
+		default:
+			stats.Unreachable++
+		}
+	}
+	return routes, stats, errors.Join(errs...)
+}
+
+// syncDevice programs one family's device and returns its routes. It
+// clears ok[i] for peers it cannot reach.
+func (v *VXLAN) syncDevice(d *device, self subnet.Lease, peers []subnet.Lease, direct *backend.DirectRouter, ok []bool, stats *backend.Stats) ([]backend.Route, error) {
+	link, err := v.ensureDevice(d)
 	if err != nil {
-		return nil, stats, err
+		for i := range ok {
+			ok[i] = false
+		}
+		return nil, err
 	}
 	idx := link.Attrs().Index
-	if err := backend.EnsureAddr(v.env.Netlink, link, netip.PrefixFrom(self.Subnet.Addr(), 32)); err != nil {
-		return nil, stats, err
+	selfSubnet, _, _ := d.peerSide(&self)
+	bits := 32
+	if d.v6 {
+		bits = 128
+	}
+	if selfSubnet.IsValid() {
+		if err := backend.EnsureAddr(v.env.Netlink, link, netip.PrefixFrom(selfSubnet.Addr(), bits)); err != nil {
+			return nil, err
+		}
 	}
 
 	want := make([]peerEntry, 0, len(peers))
 	routes := make([]backend.Route, 0, len(peers))
-	direct := backend.NewDirectRouter(v.env, v.cfg.DirectRouting)
 	for i := range peers {
 		p := &peers[i]
 		if p.BackendType != subnet.BackendVXLAN {
-			stats.OtherType++
-			v.once.Warn(v.log, p.Key(), fmt.Sprintf("peer runs backend %q; not programming it with vxlan", p.BackendType))
 			continue
 		}
-		mac := p.VtepMAC()
-		if mac == nil || !p.Subnet.IsValid() {
-			stats.Unreachable++
-			v.once.Warn(v.log, p.Key(), "peer's lease has no VTEP MAC; cannot reach it over vxlan")
+		sn, public, data := d.peerSide(p)
+		mac := subnet.VtepMAC(data)
+		if !sn.IsValid() || !public.IsValid() || mac == nil {
+			ok[i] = false
+			v.once.Warn(v.log, p.Key(), fmt.Sprintf("peer's lease has no %s subnet, address or VTEP MAC; cannot reach it over %s", familyName(d.v6), d.name))
 			continue
 		}
-		if r, ok := direct.Route(p.Subnet, p.PublicIP); ok {
-			// DirectRouting: same L2 segment, no encapsulation.
+		if r, isDirect := direct.Route(sn, public); isDirect {
 			routes = append(routes, r)
-			stats.Direct++
-			stats.Programmed++
+			if !d.v6 || !self.Subnet.IsValid() { // count each peer once
+				stats.Direct++
+			}
 			continue
 		}
-		gw := p.Subnet.Addr()
-		want = append(want, peerEntry{gw: gw, mac: mac.String(), public: p.PublicIP})
-		routes = append(routes, backend.Route{Dst: p.Subnet, Gw: gw, LinkIndex: idx, OnLink: true})
+		gw := sn.Addr()
+		want = append(want, peerEntry{gw: gw, mac: mac.String(), public: public})
+		routes = append(routes, backend.Route{Dst: sn, Gw: gw, LinkIndex: idx, OnLink: true})
 	}
 
-	neighs, fdbs, err := v.entries(idx)
+	neighs, fdbs, err := v.entries(d, idx)
 	if err != nil {
-		return nil, stats, err
+		return routes, err
 	}
 	var errs []error
 	// Add before delete: new FDB and neighbour entries first, then the
@@ -255,33 +354,39 @@ func (v *VXLAN) Sync(ctx context.Context, self subnet.Lease, peers []subnet.Leas
 		wantNeigh[e.gw] = e.mac
 		wantFDB[e.mac] = e.public
 		if fdbs[e.mac] != e.public {
-			errs = append(errs, v.setFDB(idx, e.mac, e.public))
+			errs = append(errs, v.setFDB(d, idx, e.mac, e.public))
 		}
 		if neighs[e.gw] != e.mac {
-			errs = append(errs, v.setNeigh(idx, e.gw, e.mac))
+			errs = append(errs, v.setNeigh(d, idx, e.gw, e.mac))
 		}
 	}
 	for ip, mac := range neighs {
 		if _, ok := wantNeigh[ip]; !ok {
-			errs = append(errs, v.delNeigh(idx, ip, mac))
+			errs = append(errs, v.delNeigh(d, idx, ip, mac))
 		}
 	}
 	for mac, dst := range fdbs {
 		if _, ok := wantFDB[mac]; !ok {
-			errs = append(errs, v.delFDB(idx, mac, dst))
+			errs = append(errs, v.delFDB(d, idx, mac, dst))
 		}
 	}
-	stats.Programmed += len(want)
-	return routes, stats, errors.Join(errs...)
+	return routes, errors.Join(errs...)
+}
+
+func familyName(v6 bool) string {
+	if v6 {
+		return "IPv6"
+	}
+	return "IPv4"
 }
 
 // entries lists the permanent neighbour (IP -> MAC) and FDB (MAC -> dst)
 // entries on the device; all of them are weft's.
-func (v *VXLAN) entries(idx int) (map[netip.Addr]string, map[string]netip.Addr, error) {
+func (v *VXLAN) entries(d *device, idx int) (map[netip.Addr]string, map[string]netip.Addr, error) {
 	h := v.env.Netlink
-	ns, err := backend.NeighList(h, idx, netlink.FAMILY_V4)
+	ns, err := backend.NeighList(h, idx, d.family())
 	if err != nil {
-		return nil, nil, fmt.Errorf("listing neighbours on %s: %w", v.name, err)
+		return nil, nil, fmt.Errorf("listing neighbours on %s: %w", d.name, err)
 	}
 	neighs := make(map[netip.Addr]string, len(ns))
 	for _, n := range ns {
@@ -291,7 +396,7 @@ func (v *VXLAN) entries(idx int) (map[netip.Addr]string, map[string]netip.Addr, 
 	}
 	fs, err := backend.NeighList(h, idx, syscall.AF_BRIDGE)
 	if err != nil {
-		return nil, nil, fmt.Errorf("listing FDB entries on %s: %w", v.name, err)
+		return nil, nil, fmt.Errorf("listing FDB entries on %s: %w", d.name, err)
 	}
 	fdbs := make(map[string]netip.Addr, len(fs))
 	for _, f := range fs {
@@ -303,51 +408,53 @@ func (v *VXLAN) entries(idx int) (map[netip.Addr]string, map[string]netip.Addr, 
 	return neighs, fdbs, nil
 }
 
-func (v *VXLAN) setNeigh(idx int, ip netip.Addr, mac string) error {
+func (v *VXLAN) setNeigh(d *device, idx int, ip netip.Addr, mac string) error {
 	hw, _ := net.ParseMAC(mac)
-	n := &netlink.Neigh{LinkIndex: idx, Family: netlink.FAMILY_V4, State: netlink.NUD_PERMANENT, Type: syscall.RTN_UNICAST, IP: ip.AsSlice(), HardwareAddr: hw}
+	n := &netlink.Neigh{LinkIndex: idx, Family: d.family(), State: netlink.NUD_PERMANENT, Type: syscall.RTN_UNICAST, IP: ip.AsSlice(), HardwareAddr: hw}
 	if err := v.env.Netlink.NeighSet(n); err != nil {
-		return fmt.Errorf("adding neighbour %s lladdr %s dev %s: %w", ip, mac, v.name, err)
+		return fmt.Errorf("adding neighbour %s lladdr %s dev %s: %w", ip, mac, d.name, err)
 	}
 	return nil
 }
 
-func (v *VXLAN) delNeigh(idx int, ip netip.Addr, mac string) error {
+func (v *VXLAN) delNeigh(d *device, idx int, ip netip.Addr, mac string) error {
 	hw, _ := net.ParseMAC(mac)
-	n := &netlink.Neigh{LinkIndex: idx, Family: netlink.FAMILY_V4, IP: ip.AsSlice(), HardwareAddr: hw}
+	n := &netlink.Neigh{LinkIndex: idx, Family: d.family(), IP: ip.AsSlice(), HardwareAddr: hw}
 	if err := v.env.Netlink.NeighDel(n); err != nil && !errors.Is(err, syscall.ENOENT) {
-		return fmt.Errorf("deleting neighbour %s dev %s: %w", ip, v.name, err)
+		return fmt.Errorf("deleting neighbour %s dev %s: %w", ip, d.name, err)
 	}
 	return nil
 }
 
-func (v *VXLAN) setFDB(idx int, mac string, dst netip.Addr) error {
+func (v *VXLAN) setFDB(d *device, idx int, mac string, dst netip.Addr) error {
 	hw, _ := net.ParseMAC(mac)
 	n := &netlink.Neigh{LinkIndex: idx, Family: syscall.AF_BRIDGE, Flags: netlink.NTF_SELF, State: netlink.NUD_PERMANENT, IP: dst.AsSlice(), HardwareAddr: hw}
 	if err := v.env.Netlink.NeighSet(n); err != nil {
-		return fmt.Errorf("adding fdb %s dst %s dev %s: %w", mac, dst, v.name, err)
+		return fmt.Errorf("adding fdb %s dst %s dev %s: %w", mac, dst, d.name, err)
 	}
 	return nil
 }
 
-func (v *VXLAN) delFDB(idx int, mac string, dst netip.Addr) error {
+func (v *VXLAN) delFDB(d *device, idx int, mac string, dst netip.Addr) error {
 	hw, _ := net.ParseMAC(mac)
 	n := &netlink.Neigh{LinkIndex: idx, Family: syscall.AF_BRIDGE, Flags: netlink.NTF_SELF, IP: dst.AsSlice(), HardwareAddr: hw}
 	if err := v.env.Netlink.NeighDel(n); err != nil && !errors.Is(err, syscall.ENOENT) {
-		return fmt.Errorf("deleting fdb %s dst %s dev %s: %w", mac, dst, v.name, err)
+		return fmt.Errorf("deleting fdb %s dst %s dev %s: %w", mac, dst, d.name, err)
 	}
 	return nil
 }
 
-// Teardown implements backend.Backend: it deletes the device; the kernel
-// drops its neighbour and FDB entries and routes with it.
+// Teardown implements backend.Backend: it deletes the devices; the kernel
+// drops their neighbour and FDB entries and routes with them.
 func (v *VXLAN) Teardown(ctx context.Context) error {
 	h := v.env.Netlink
-	if link, err := h.LinkByName(v.name); err == nil {
-		if err := h.LinkDel(link); err != nil {
-			return fmt.Errorf("deleting device %s: %w", v.name, err)
+	for _, d := range v.devs {
+		if link, err := h.LinkByName(d.name); err == nil {
+			if err := h.LinkDel(link); err != nil {
+				return fmt.Errorf("deleting device %s: %w", d.name, err)
+			}
+			v.log.WithField("device", d.name).Info("deleted vxlan device")
 		}
-		v.log.WithField("device", v.name).Info("deleted vxlan device")
 	}
 	return nil
 }

@@ -85,7 +85,7 @@ func TestSetupAndSyncProgramFlannelsScheme(t *testing.T) {
 	}
 	var data LeaseData
 	json.Unmarshal(pub.Data, &data)
-	if data.VNI != 1 || data.VtepMAC != v.mac.String() {
+	if data.VNI != 1 || data.VtepMAC != v.devs[0].mac.String() {
 		t.Fatalf("published %s", pub.Data)
 	}
 	dev := ip(t, n, "-d", "link", "show", "weft.1")

@@ -32,6 +32,7 @@ func sandboxCommand() *cli.Command {
 					&cli.IntFlag{Name: "pods", Value: 1, Usage: "pods per node"},
 					&cli.StringFlag{Name: "backend", Value: subnet.BackendVXLAN, Usage: "vxlan or host-gw"},
 					&cli.BoolFlag{Name: "ip-masq", Usage: "pass --ip-masq to every weftd"},
+					&cli.BoolFlag{Name: "ipv6", Usage: "dual-stack: IPv6 underlay (fd18::/64) and pod network (fd96::/48) too"},
 				},
 				Action: sandboxUp,
 			},
@@ -84,6 +85,7 @@ func sandboxUp(c *cli.Context) error {
 	cluster, err := sandbox.Up(c.Context, sandbox.Options{
 		Name: c.String("name"), Dir: dir, BinDir: filepath.Dir(self),
 		Nodes: c.Int("nodes"), Backend: c.String("backend"), IPMasq: c.Bool("ip-masq"),
+		IPv6: c.Bool("ipv6"), NetConf: netConf(c.String("backend"), c.Bool("ipv6")),
 		Detach: true,
 		Log:    func(format string, args ...any) { fmt.Fprintf(out, format+"\n", args...) },
 	})
@@ -174,4 +176,12 @@ func printSandbox(w io.Writer, st sandbox.State) {
 		etcd = "stopped"
 	}
 	fmt.Fprintf(w, "etcd %s in %s: %s (pid %d); logs in %s\n", st.Etcd, st.Fabric, etcd, st.EtcdPID, st.Dir)
+}
+
+// netConf is the sandbox's net-conf.json.
+func netConf(backend string, ipv6 bool) string {
+	if ipv6 {
+		return fmt.Sprintf(`{"Network":"100.96.0.0/12","EnableIPv6":true,"IPv6Network":"fd96::/48","Backend":{"Type":%q}}`, backend)
+	}
+	return fmt.Sprintf(`{"Network":"100.96.0.0/12","Backend":{"Type":%q}}`, backend)
 }

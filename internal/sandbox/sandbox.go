@@ -48,6 +48,9 @@ type Options struct {
 	IPMasq bool
 	// LeaseTTL passes --lease-ttl (default: weftd's).
 	LeaseTTL time.Duration
+	// IPv6 gives the underlay IPv6 addresses too (fd18::/64); use it with
+	// a NetConf that enables IPv6.
+	IPv6 bool
 	// ConfigFiles gives every node its own net-conf.json file
 	// (--net-config-path), laid out as a Kubernetes ConfigMap volume is, so
 	// that SetNodeConfig can update it the way the kubelet does.
@@ -72,9 +75,10 @@ type Cluster struct {
 
 // Node is one node namespace running weftd.
 type Node struct {
-	Name       string // node-1
-	NS         string // its namespace
-	Segment    int    // underlay segment: 0 is 198.18.0.0/24, 1 is 198.18.1.0/24
+	Name       string     // node-1
+	NS         string     // its namespace
+	Segment    int        // underlay segment: 0 is 198.18.0.0/24, 1 is 198.18.1.0/24
+	IPv6       netip.Addr // fd18::<n> with Options.IPv6, on segment 0
 	IP         netip.Addr
 	SubnetFile string
 	LogFile    string
@@ -87,7 +91,8 @@ type Node struct {
 type Pod struct {
 	Name string
 	NS   string
-	IP   netip.Addr
+	IP   netip.Addr // the first address the CNI plugin gave (IPv4 if any)
+	IPv6 netip.Addr // its IPv6 address on a dual-stack network
 	Node *Node
 }
 
@@ -95,8 +100,12 @@ type Pod struct {
 // node's namespace.
 const healthAddr = "127.0.0.1:8285"
 
-// FabricIP is the fabric bridge's address, where etcd listens.
-var FabricIP = netip.MustParseAddr("198.18.0.254")
+// FabricIP is the fabric bridge's address, where etcd listens; FabricIPv6
+// its IPv6 address with Options.IPv6.
+var (
+	FabricIP   = netip.MustParseAddr("198.18.0.254")
+	FabricIPv6 = netip.MustParseAddr("fd18::fe")
+)
 
 // EtcdEndpoint is etcd's client URL as nodes see it.
 func (c *Cluster) EtcdEndpoint() string { return "http://" + FabricIP.String() + ":2379" }
@@ -145,6 +154,11 @@ func Up(ctx context.Context, opts Options) (c *Cluster, err error) {
 		[]string{"ip", "-n", c.Fabric, "link", "set", "br0", "up"},
 	); err != nil {
 		return c, err
+	}
+	if opts.IPv6 {
+		if err := run("ip", "-n", c.Fabric, "addr", "add", FabricIPv6.String()+"/64", "dev", "br0", "nodad"); err != nil {
+			return c, err
+		}
 	}
 
 	opts.logf("etcd: %s in %s", c.EtcdEndpoint(), c.Fabric)
@@ -282,6 +296,15 @@ func (c *Cluster) AddNodeOn(ctx context.Context, seg int) (*Node, error) {
 	); err != nil {
 		return nil, err
 	}
+	if c.opts.IPv6 && seg == 0 {
+		n.IPv6 = netip.AddrFrom16([16]byte{0: 0xfd, 1: 0x18, 15: byte(i)})
+		if err := runAll(
+			[]string{"ip", "-n", n.NS, "addr", "add", n.IPv6.String() + "/64", "dev", "eth0", "nodad"},
+			[]string{"ip", "-n", n.NS, "-6", "route", "add", "default", "via", FabricIPv6.String()},
+		); err != nil {
+			return nil, err
+		}
+	}
 	if err := c.StartWeftd(ctx, n); err != nil {
 		return nil, err
 	}
@@ -415,11 +438,18 @@ func (c *Cluster) AddPod(n *Node) (*Pod, error) {
 	if err := json.Unmarshal(out, &res); err != nil || len(res.IPs) == 0 {
 		return nil, fmt.Errorf("%s: CNI result %s: %v", p.Name, out, err)
 	}
-	pfx, err := netip.ParsePrefix(res.IPs[0].Address)
-	if err != nil {
-		return nil, fmt.Errorf("%s: CNI result address %q: %w", p.Name, res.IPs[0].Address, err)
+	for _, a := range res.IPs {
+		pfx, err := netip.ParsePrefix(a.Address)
+		if err != nil {
+			return nil, fmt.Errorf("%s: CNI result address %q: %w", p.Name, a.Address, err)
+		}
+		if !p.IP.IsValid() {
+			p.IP = pfx.Addr()
+		}
+		if pfx.Addr().Is6() {
+			p.IPv6 = pfx.Addr()
+		}
 	}
-	p.IP = pfx.Addr()
 	return p, nil
 }
 
