@@ -37,7 +37,8 @@ func newIPIP(t *testing.T) (*testenv.NetNS, *IPIP) {
 
 // On a kernel without IPIP (like the CI machine's) Setup fails with one
 // line that says what is missing and how to load it. Where the kernel has
-// IPIP (the VM test), the backend is exercised end to end instead.
+// IPIP, e2e's TestIPIP (run in the VM by make test-vm) exercises the
+// backend end to end.
 func TestSetupWithoutKernelSupport(t *testing.T) {
 	if hasIPIP() {
 		t.Skip("this kernel has IPIP; the missing-module path cannot be shown here")
@@ -49,24 +50,5 @@ func TestSetupWithoutKernelSupport(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), "load it with: modprobe ipip") || strings.Contains(err.Error(), "\n") {
 		t.Errorf("message: %q", err)
-	}
-}
-
-func TestSetupAndSync(t *testing.T) {
-	if !hasIPIP() {
-		testenv.Unavailable(t, "this kernel has no IPIP; run in the VM (make test-vm)")
-	}
-	n, b := newIPIP(t)
-	if _, err := b.Setup(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	peer := subnet.Lease{Subnet: netip.MustParsePrefix("100.96.2.0/24"), Attrs: subnet.Attrs{PublicIP: netip.MustParseAddr("198.19.0.2"), BackendType: "ipip"}}
-	self := subnet.Lease{Subnet: netip.MustParsePrefix("100.96.1.0/24")}
-	routes, stats, err := b.Sync(context.Background(), self, []subnet.Lease{peer})
-	if err != nil || stats.Programmed != 1 || len(routes) != 1 || !routes[0].OnLink || routes[0].Gw != peer.PublicIP {
-		t.Fatalf("Sync = %v %+v %v", routes, stats, err)
-	}
-	if _, err := backend.SyncRoutes(n.Netlink, routes); err != nil {
-		t.Fatal(err)
 	}
 }
