@@ -115,6 +115,19 @@ func (s *backendSet) setPrimary(ctx context.Context, opts subnet.Backend) (*runn
 
 func (s *backendSet) primaryBackend() *running { return s.active[s.primary] }
 
+// rebuild tears every backend down and sets the primary up again, for a
+// new external address; backends for peers come back with the next sync.
+func (s *backendSet) rebuild(ctx context.Context) (*running, error) {
+	opts := s.active[s.primary].options
+	for t, r := range s.active {
+		if err := r.Teardown(ctx); err != nil {
+			return nil, fmt.Errorf("tearing down %s: %w", t, err)
+		}
+		delete(s.active, t)
+	}
+	return s.setPrimary(ctx, opts)
+}
+
 // sync programs every peer with the backend of its type, installs the
 // union of their routes, and tears down backends no longer needed.
 func (s *backendSet) sync(ctx context.Context, self subnet.Lease, peers map[string]subnet.Lease) (backend.Stats, error) {

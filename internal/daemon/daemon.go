@@ -237,23 +237,29 @@ func (d *daemon) run(ctx context.Context) error {
 // subnet.env, readiness).
 func (d *daemon) syncLoop(ctx context.Context, self subnet.Lease, events <-chan []subnet.Event, kick <-chan struct{}, configs <-chan *subnet.Config, ready func() error) error {
 	log := d.log.WithField("component", "sync")
-	peers := map[string]subnet.Lease{}
+	all := map[string]subnet.Lease{} // every valid lease, as the store reports them
+	var peers map[string]subnet.Lease
+	var refusals backend.LogOnce
 	apply := func(batch []subnet.Event) {
 		for _, ev := range batch {
-			key := ev.Lease.Key()
-			if key == self.Key() {
-				continue
-			}
 			if ev.Type == subnet.Removed {
-				delete(peers, key)
-				continue
+				delete(all, ev.Lease.Key())
+			} else {
+				all[ev.Lease.Key()] = ev.Lease
 			}
-			if overlaps(ev.Lease, self) {
-				log.WithField("peer", key).Warn("ignoring a lease that overlaps this node's subnet")
-				continue
-			}
-			peers[key] = ev.Lease
 		}
+	}
+	admitPeers := func() {
+		var underlay []netip.Prefix
+		if d.ext != nil {
+			underlay = d.ext.Addrs
+		}
+		var refused map[string]string
+		peers, refused = admit(all, self, underlay)
+		for k, why := range refused {
+			refusals.Warn(log, k, "refusing lease: "+why)
+		}
+		refusals.EndSync()
 	}
 	// Wait for the first listing: syncing before it would delete routes a
 	// restarted daemon should keep.
@@ -279,6 +285,10 @@ func (d *daemon) syncLoop(ctx context.Context, self subnet.Lease, events <-chan 
 		if d.pending != nil {
 			d.publish(ctx)
 		}
+		if d.ext != nil {
+			d.refreshInterface(ctx)
+		}
+		admitPeers()
 		err := d.sync(ctx, self, peers)
 		if !isReady && err == nil {
 			if err := ready(); err != nil {
@@ -381,11 +391,6 @@ func (d *daemon) reportLease(ctx context.Context) error {
 		case <-time.After(10 * time.Second):
 		}
 	}
-}
-
-func overlaps(a, b subnet.Lease) bool {
-	return a.Subnet.IsValid() && b.Subnet.IsValid() && a.Subnet.Overlaps(b.Subnet) ||
-		a.IPv6Subnet.IsValid() && b.IPv6Subnet.IsValid() && a.IPv6Subnet.Overlaps(b.IPv6Subnet)
 }
 
 func addrString(a netip.Addr) string {

@@ -24,16 +24,7 @@ func chooseInterface(h netlinksafe.Handle, cfg *Config, ipv6Only bool) (*backend
 		return nil, "", fmt.Errorf("listing interfaces: %w", err)
 	}
 	addrsOf := func(l netlink.Link) []netip.Prefix {
-		as, err := h.AddrList(l, netlink.FAMILY_ALL)
-		if err != nil {
-			return nil
-		}
-		var ps []netip.Prefix
-		for _, a := range as {
-			if p, ok := backend.IPNetToPrefix(a.IPNet); ok && p.Addr().IsGlobalUnicast() {
-				ps = append(ps, p)
-			}
-		}
+		ps, _ := globalAddrs(h, l)
 		return ps
 	}
 
@@ -112,8 +103,15 @@ func chooseInterface(h netlinksafe.Handle, cfg *Config, ipv6Only bool) (*backend
 		}
 	}
 
-	attrs := chosen.Attrs()
-	ext := &backend.ExternalInterface{Name: attrs.Name, Index: attrs.Index, MTU: attrs.MTU, Addrs: addrsOf(chosen)}
+	return describeInterface(chosen, addrsOf(chosen), cfg), why, nil
+}
+
+// describeInterface fills in an ExternalInterface from a link and its
+// global addresses; --public-ip and --public-ipv6 override what peers are
+// told.
+func describeInterface(link netlink.Link, addrs []netip.Prefix, cfg *Config) *backend.ExternalInterface {
+	attrs := link.Attrs()
+	ext := &backend.ExternalInterface{Name: attrs.Name, Index: attrs.Index, MTU: attrs.MTU, Addrs: addrs}
 	for _, p := range ext.Addrs {
 		if p.Addr().Is4() && !ext.LocalIP.IsValid() {
 			ext.LocalIP = p.Addr()
@@ -129,7 +127,22 @@ func chooseInterface(h netlinksafe.Handle, cfg *Config, ipv6Only bool) (*backend
 	if cfg.PublicIPv6.IsValid() {
 		ext.PublicIPv6 = cfg.PublicIPv6
 	}
-	return ext, why, nil
+	return ext
+}
+
+// globalAddrs returns link's global unicast addresses.
+func globalAddrs(h netlinksafe.Handle, link netlink.Link) ([]netip.Prefix, error) {
+	as, err := h.AddrList(link, netlink.FAMILY_ALL)
+	if err != nil {
+		return nil, err
+	}
+	var ps []netip.Prefix
+	for _, a := range as {
+		if p, ok := backend.IPNetToPrefix(a.IPNet); ok && p.Addr().IsGlobalUnicast() {
+			ps = append(ps, p)
+		}
+	}
+	return ps, nil
 }
 
 func isZeroMask(m net.IPMask) bool {

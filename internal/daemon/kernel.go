@@ -44,11 +44,13 @@ func checkForwarding(log *logrus.Entry, cfg *subnet.Config) {
 // whenever another route changes, so that DirectRouting follows the
 // underlay.
 func (d *daemon) watchKernel(ctx context.Context, kick chan<- struct{}) error {
+	extIndex := d.ext.Index // the sync loop owns d.ext; the index never changes
 	done := make(chan struct{})
 	defer close(done)
 	routes := make(chan netlink.RouteUpdate, 256)
 	neighs := make(chan netlink.NeighUpdate, 256)
 	links := make(chan netlink.LinkUpdate, 64)
+	addrs := make(chan netlink.AddrUpdate, 64)
 	onErr := func(err error) { d.log.WithError(err).Debug("netlink subscription") }
 	if err := netlink.RouteSubscribeWithOptions(routes, done, netlink.RouteSubscribeOptions{ErrorCallback: onErr}); err != nil {
 		d.log.WithError(err).Warn("cannot watch routes; relying on the periodic resync")
@@ -58,6 +60,9 @@ func (d *daemon) watchKernel(ctx context.Context, kick chan<- struct{}) error {
 	}
 	if err := netlink.LinkSubscribeWithOptions(links, done, netlink.LinkSubscribeOptions{ErrorCallback: onErr}); err != nil {
 		d.log.WithError(err).Warn("cannot watch links; relying on the periodic resync")
+	}
+	if err := netlink.AddrSubscribeWithOptions(addrs, done, netlink.AddrSubscribeOptions{ErrorCallback: onErr}); err != nil {
+		d.log.WithError(err).Warn("cannot watch addresses; relying on the periodic resync")
 	}
 	poke := func() {
 		select {
@@ -92,7 +97,17 @@ func (d *daemon) watchKernel(ctx context.Context, kick chan<- struct{}) error {
 				links = nil
 				continue
 			}
-			if u.Header.Type == unix.RTM_DELLINK {
+			// A device deleted (drift), or the external interface changing
+			// state or MTU.
+			if u.Header.Type == unix.RTM_DELLINK || int(u.Index) == extIndex {
+				poke()
+			}
+		case u, ok := <-addrs:
+			if !ok {
+				addrs = nil
+				continue
+			}
+			if u.LinkIndex == extIndex {
 				poke()
 			}
 		}

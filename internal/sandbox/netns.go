@@ -11,6 +11,9 @@ import (
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
 
 	"github.com/weft-net/weft/internal/status"
 )
@@ -69,4 +72,18 @@ func (c *Cluster) Get(n *Node, path string) (int, string, error) {
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(b), err
+}
+
+// EtcdClient returns a client of the cluster's etcd, connecting from
+// inside the fabric namespace. The caller closes it.
+func (c *Cluster) EtcdClient() (*clientv3.Client, error) {
+	fabric := c.Fabric
+	return clientv3.New(clientv3.Config{
+		Endpoints:   []string{c.EtcdEndpoint()},
+		DialTimeout: 5 * time.Second,
+		Logger:      zap.NewNop(),
+		DialOptions: []grpc.DialOption{grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+			return DialIn(ctx, fabric, "tcp", addr)
+		})},
+	})
 }

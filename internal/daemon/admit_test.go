@@ -1,0 +1,55 @@
+package daemon
+
+import (
+	"net/netip"
+	"testing"
+
+	"github.com/weft-net/weft/subnet"
+)
+
+func TestAdmitRefusesOverlaps(t *testing.T) {
+	l := func(v4, v6 string) subnet.Lease {
+		var out subnet.Lease
+		if v4 != "" {
+			out.Subnet = netip.MustParsePrefix(v4)
+		}
+		if v6 != "" {
+			out.IPv6Subnet = netip.MustParsePrefix(v6)
+		}
+		return out
+	}
+	self := l("100.96.1.0/24", "fd96:0:0:1::/64")
+	all := map[string]subnet.Lease{}
+	for _, x := range []subnet.Lease{
+		self,
+		l("100.96.2.0/24", "fd96:0:0:2::/64"), // fine
+		l("100.96.2.0/24", "fd96:0:0:9::/64"), // same IPv4 subnet as the one above
+		l("100.96.3.0/24", "fd96:0:0:1::/64"), // this node's IPv6 subnet
+		l("100.96.0.0/16", ""),                // covers this node's subnet
+		l("198.18.0.0/24", ""),                // the underlay
+		l("100.96.4.0/24", "fd96:0:0:4::/64"), // fine
+	} {
+		all[x.Key()] = x
+	}
+	underlay := []netip.Prefix{netip.MustParsePrefix("198.18.0.1/24")}
+	peers, refused := admit(all, self, underlay)
+	if len(peers) != 2 {
+		t.Errorf("admitted %v", peers)
+	}
+	for _, k := range []string{"100.96.2.0-24&fd96:0:0:2::-64", "100.96.4.0-24&fd96:0:0:4::-64"} {
+		if _, ok := peers[k]; !ok {
+			t.Errorf("%s refused: %s", k, refused[k])
+		}
+	}
+	want := map[string]string{
+		"100.96.2.0-24&fd96:0:0:9::-64": "its subnet 100.96.2.0/24 is already leased by 100.96.2.0-24&fd96:0:0:2::-64",
+		"100.96.3.0-24&fd96:0:0:1::-64": "its subnet fd96:0:0:1::/64 overlaps this node's subnet fd96:0:0:1::/64",
+		"100.96.0.0-16":                 "its subnet 100.96.0.0/16 overlaps this node's subnet 100.96.1.0/24",
+		"198.18.0.0-24":                 "its subnet 198.18.0.0/24 overlaps the underlay network 198.18.0.0/24",
+	}
+	for k, w := range want {
+		if refused[k] != w {
+			t.Errorf("refused[%s] = %q, want %q", k, refused[k], w)
+		}
+	}
+}
