@@ -28,7 +28,8 @@ type clusterOpts struct {
 	ipMasq      bool
 	leaseTTL    time.Duration
 	configFiles bool
-	ipv6        bool   // IPv6 underlay addresses too
+	ipv6        bool // IPv6 underlay addresses too
+	etcdMembers int
 	netConf     string // net-conf.json instead of the default for backend
 }
 
@@ -52,7 +53,7 @@ func startCluster(t *testing.T, o clusterOpts) *sandbox.Cluster {
 	c, err := sandbox.Up(ctx, sandbox.Options{
 		Name: "wt" + hex.EncodeToString(id), Dir: dir, BinDir: binDir,
 		Nodes: o.nodes, Backend: o.backend, IPMasq: o.ipMasq, LeaseTTL: o.leaseTTL, ConfigFiles: o.configFiles,
-		IPv6: o.ipv6, NetConf: o.netConf,
+		IPv6: o.ipv6, NetConf: o.netConf, EtcdMembers: o.etcdMembers,
 		Log: t.Logf,
 	})
 	if err != nil {

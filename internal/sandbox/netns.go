@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
@@ -79,7 +80,7 @@ func (c *Cluster) Get(n *Node, path string) (int, string, error) {
 func (c *Cluster) EtcdClient() (*clientv3.Client, error) {
 	fabric := c.Fabric
 	return clientv3.New(clientv3.Config{
-		Endpoints:   []string{c.EtcdEndpoint()},
+		Endpoints:   strings.Split(c.EtcdEndpoints(), ","),
 		DialTimeout: 5 * time.Second,
 		Logger:      zap.NewNop(),
 		DialOptions: []grpc.DialOption{grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {

@@ -51,6 +51,8 @@ type Options struct {
 	// IPv6 gives the underlay IPv6 addresses too (fd18::/64); use it with
 	// a NetConf that enables IPv6.
 	IPv6 bool
+	// EtcdMembers is the size of the etcd cluster (default 1).
+	EtcdMembers int
 	// ConfigFiles gives every node its own net-conf.json file
 	// (--net-config-path), laid out as a Kubernetes ConfigMap volume is, so
 	// that SetNodeConfig can update it the way the kubelet does.
@@ -65,8 +67,8 @@ type Options struct {
 // Cluster is a running sandbox. Its methods are not safe for concurrent use.
 type Cluster struct {
 	opts   Options
-	Fabric string // fabric namespace
-	etcd   *process
+	Fabric string     // fabric namespace
+	etcd   []*process // one per member; nil while stopped
 	Nodes  []*Node
 	// added counts nodes ever added, so a new node never reuses the name
 	// or address of one that left.
@@ -161,7 +163,7 @@ func Up(ctx context.Context, opts Options) (c *Cluster, err error) {
 		}
 	}
 
-	opts.logf("etcd: %s in %s", c.EtcdEndpoint(), c.Fabric)
+	opts.logf("etcd: %s in %s", c.EtcdEndpoints(), c.Fabric)
 	if err := c.StartEtcd(ctx); err != nil {
 		return c, err
 	}
@@ -176,41 +178,93 @@ func Up(ctx context.Context, opts Options) (c *Cluster, err error) {
 	return c, nil
 }
 
-// StartEtcd starts etcd (again, after StopEtcd) on the same data and
-// waits until it serves clients.
+// etcdMembers is how many etcd members the cluster runs.
+func (c *Cluster) etcdMembers() int { return max(c.opts.EtcdMembers, 1) }
+
+// EtcdEndpoints are the members' client URLs, comma-separated, as weftd's
+// --etcd-endpoints takes them.
+func (c *Cluster) EtcdEndpoints() string {
+	var eps []string
+	for i := range c.etcdMembers() {
+		eps = append(eps, c.memberClientURL(i))
+	}
+	return strings.Join(eps, ",")
+}
+
+func (c *Cluster) memberClientURL(i int) string {
+	return fmt.Sprintf("http://%s:%d", FabricIP, 2379+2*i)
+}
+
+func (c *Cluster) memberPeerURL(i int) string { return fmt.Sprintf("http://127.0.0.1:%d", 2380+2*i) }
+
+// StartEtcd starts every etcd member that is not running (again, after
+// StopEtcd, on the same data) and waits until they serve clients.
 func (c *Cluster) StartEtcd(ctx context.Context) error {
-	if c.etcd != nil {
-		return errors.New("sandbox: etcd is already running")
+	if c.etcd == nil {
+		c.etcd = make([]*process, c.etcdMembers())
 	}
-	logPath := filepath.Join(c.opts.Dir, "etcd.log")
-	os.Remove(logPath) // readiness is read from the log
-	p, err := c.start(c.Fabric, logPath, filepath.Join(c.opts.BinDir, "weft-etcd"),
-		"--data-dir", filepath.Join(c.opts.Dir, "etcd"),
-		"--listen-client-urls", c.EtcdEndpoint(),
-		"--listen-peer-urls", "http://127.0.0.1:2380",
-		"--unsafe-no-fsync")
-	if err != nil {
-		return err
+	var started []int
+	for i := range c.etcd {
+		if c.etcd[i] != nil {
+			continue
+		}
+		if err := c.startMember(i); err != nil {
+			return err
+		}
+		started = append(started, i)
 	}
-	c.etcd = p
-	if err := p.waitForOutput(ctx, "ready", 60*time.Second); err != nil {
-		return fmt.Errorf("etcd: %w", err)
+	for _, i := range started { // members wait for each other's quorum
+		if err := c.etcd[i].waitForOutput(ctx, "ready", 60*time.Second); err != nil {
+			return fmt.Errorf("etcd member %d: %w", i, err)
+		}
 	}
 	return nil
 }
 
-// StopEtcd stops etcd; the nodes lose it until StartEtcd.
+func (c *Cluster) startMember(i int) error {
+	var cluster []string
+	for j := range c.etcdMembers() {
+		cluster = append(cluster, fmt.Sprintf("m%d=%s", j, c.memberPeerURL(j)))
+	}
+	logPath := filepath.Join(c.opts.Dir, fmt.Sprintf("etcd-%d.log", i))
+	if c.etcdMembers() == 1 {
+		logPath = filepath.Join(c.opts.Dir, "etcd.log")
+	}
+	os.Remove(logPath) // readiness is read from the log
+	p, err := c.start(c.Fabric, logPath, filepath.Join(c.opts.BinDir, "weft-etcd"),
+		"--name", fmt.Sprintf("m%d", i),
+		"--data-dir", filepath.Join(c.opts.Dir, fmt.Sprintf("etcd-%d", i)),
+		"--listen-client-urls", c.memberClientURL(i),
+		"--listen-peer-urls", c.memberPeerURL(i),
+		"--initial-cluster", strings.Join(cluster, ","),
+		"--unsafe-no-fsync")
+	if err != nil {
+		return err
+	}
+	c.etcd[i] = p
+	return nil
+}
+
+// StopEtcdMember stops member i; with three members, one can go without
+// losing quorum.
+func (c *Cluster) StopEtcdMember(i int) {
+	if i < len(c.etcd) && c.etcd[i] != nil {
+		c.etcd[i].stop(syscall.SIGTERM)
+		c.etcd[i] = nil
+	}
+}
+
+// StopEtcd stops every member; the nodes lose etcd until StartEtcd.
 func (c *Cluster) StopEtcd() {
-	if c.etcd != nil {
-		c.etcd.stop(syscall.SIGTERM)
-		c.etcd = nil
+	for i := range c.etcd {
+		c.StopEtcdMember(i)
 	}
 }
 
 // SetNetConf writes net-conf.json to etcd with the weftctl next to weftd.
 func (c *Cluster) SetNetConf(ctx context.Context, conf string) error {
 	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", c.Fabric, filepath.Join(c.opts.BinDir, "weftctl"),
-		"--etcd-endpoints", c.EtcdEndpoint(), "config", "set", "-")
+		"--etcd-endpoints", c.EtcdEndpoints(), "config", "set", "-")
 	cmd.Stdin = strings.NewReader(conf)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("weftctl config set: %v: %s", err, out)
@@ -220,7 +274,7 @@ func (c *Cluster) SetNetConf(ctx context.Context, conf string) error {
 
 // Weftctl runs weftctl against the cluster's etcd and returns its output.
 func (c *Cluster) Weftctl(ctx context.Context, args ...string) (string, error) {
-	full := append([]string{"netns", "exec", c.Fabric, filepath.Join(c.opts.BinDir, "weftctl"), "--etcd-endpoints", c.EtcdEndpoint()}, args...)
+	full := append([]string{"netns", "exec", c.Fabric, filepath.Join(c.opts.BinDir, "weftctl"), "--etcd-endpoints", c.EtcdEndpoints()}, args...)
 	out, err := exec.CommandContext(ctx, "ip", full...).CombinedOutput()
 	return string(out), err
 }
@@ -259,6 +313,19 @@ func (c *Cluster) AddNodeOn(ctx context.Context, seg int) (*Node, error) {
 	if seg < 0 || seg > 1 {
 		return nil, fmt.Errorf("sandbox: segment %d does not exist; use 0 or 1", seg)
 	}
+	n, err := c.prepareNode(seg)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.StartWeftd(ctx, n); err != nil {
+		return nil, err
+	}
+	return n, nil
+}
+
+// prepareNode makes the next node's namespace and underlay on segment seg,
+// without starting weftd.
+func (c *Cluster) prepareNode(seg int) (*Node, error) {
 	if err := c.ensureSegment(seg); err != nil {
 		return nil, err
 	}
@@ -305,16 +372,44 @@ func (c *Cluster) AddNodeOn(ctx context.Context, seg int) (*Node, error) {
 			return nil, err
 		}
 	}
-	if err := c.StartWeftd(ctx, n); err != nil {
-		return nil, err
-	}
 	return n, nil
+}
+
+// AddNodes adds count nodes on segment 0 and starts all their daemons at
+// once, as when a whole cluster boots; it waits until every one is ready.
+func (c *Cluster) AddNodes(ctx context.Context, count int) ([]*Node, error) {
+	start := make(chan struct{})
+	type result struct {
+		n   *Node
+		err error
+	}
+	results := make(chan result, count)
+	var nodes []*Node
+	for range count {
+		n, err := c.prepareNode(0)
+		if err != nil {
+			return nil, err
+		}
+		nodes = append(nodes, n)
+		go func() {
+			<-start
+			results <- result{n, c.StartWeftd(ctx, n)}
+		}()
+	}
+	close(start)
+	var errs []error
+	for range count {
+		if r := <-results; r.err != nil {
+			errs = append(errs, r.err)
+		}
+	}
+	return nodes, errors.Join(errs...)
 }
 
 // StartWeftd starts weftd on n and waits until it reports ready.
 func (c *Cluster) StartWeftd(ctx context.Context, n *Node) error {
 	args := []string{
-		"--etcd-endpoints", c.EtcdEndpoint(),
+		"--etcd-endpoints", c.EtcdEndpoints(),
 		"--iface", "eth0",
 		"--node-name", n.Name,
 		"--subnet-file", n.SubnetFile,

@@ -44,8 +44,8 @@ func StateFile(dir string) string { return filepath.Join(dir, "state.json") }
 // State describes the running cluster.
 func (c *Cluster) State() State {
 	s := State{Name: c.opts.Name, Dir: c.opts.Dir, Fabric: c.Fabric, Etcd: c.EtcdEndpoint()}
-	if c.etcd != nil {
-		s.EtcdPID = c.etcd.cmd.Process.Pid
+	if len(c.etcd) > 0 && c.etcd[0] != nil {
+		s.EtcdPID = c.etcd[0].cmd.Process.Pid
 	}
 	for _, n := range c.Nodes {
 		ns := NodeState{Name: n.Name, NS: n.NS, IP: n.IP.String()}
