@@ -33,13 +33,27 @@ func families(env *subnet.Env) []family {
 	return fs
 }
 
+// openStore opens host-local's store for the network, a directory only
+// root may enter (mode 0750): it says which container has which address.
+func openStore(conf *NetConf) (*disk.Store, error) {
+	store, err := disk.New(conf.Name, conf.DataDir)
+	if err != nil {
+		return nil, fmt.Errorf("opening the address store in %s: %w", conf.DataDir, err)
+	}
+	if err := os.Chmod(filepath.Join(conf.DataDir, conf.Name), 0o750); err != nil {
+		store.Close()
+		return nil, err
+	}
+	return store, nil
+}
+
 // allocate gives the container one address per family, or returns those
 // it already has (a repeated ADD). Allocation is safe across concurrent
 // plugin runs: host-local's store locks its directory.
 func allocate(conf *NetConf, env *subnet.Env, id, ifName string) ([]*current.IPConfig, error) {
-	store, err := disk.New(conf.Name, conf.DataDir)
+	store, err := openStore(conf)
 	if err != nil {
-		return nil, fmt.Errorf("opening the address store in %s: %w", conf.DataDir, err)
+		return nil, err
 	}
 	defer store.Close()
 
@@ -81,7 +95,7 @@ func addrIn(ips []net.IP, sn netip.Prefix) net.IP {
 
 // allocated returns the container's addresses.
 func allocated(conf *NetConf, id, ifName string) ([]net.IP, error) {
-	store, err := disk.New(conf.Name, conf.DataDir)
+	store, err := openStore(conf)
 	if err != nil {
 		return nil, err
 	}
@@ -91,9 +105,9 @@ func allocated(conf *NetConf, id, ifName string) ([]net.IP, error) {
 
 // release frees the container's addresses; releasing nothing is fine.
 func release(conf *NetConf, id, ifName string) error {
-	store, err := disk.New(conf.Name, conf.DataDir)
+	store, err := openStore(conf)
 	if err != nil {
-		return fmt.Errorf("opening the address store in %s: %w", conf.DataDir, err)
+		return err
 	}
 	defer store.Close()
 	store.Lock()
@@ -134,9 +148,9 @@ func allocations(dir string) ([]Allocation, error) {
 // gc releases every allocation whose container is not in valid, and
 // returns what it released.
 func gc(conf *NetConf, valid []types.GCAttachment) ([]Allocation, error) {
-	store, err := disk.New(conf.Name, conf.DataDir)
+	store, err := openStore(conf)
 	if err != nil {
-		return nil, fmt.Errorf("opening the address store in %s: %w", conf.DataDir, err)
+		return nil, err
 	}
 	defer store.Close()
 	store.Lock()

@@ -116,6 +116,9 @@ func TestAddCheckDel(t *testing.T) {
 			t.Errorf("container routes lack %q:\n%s", want, routes)
 		}
 	}
+	if fi, err := os.Stat(filepath.Join(n.dir, "ipam", "weft")); err != nil || fi.Mode().Perm() != 0o750 {
+		t.Errorf("the address store is not private: %v %v", fi.Mode(), err)
+	}
 	if br := n.ip(t, "addr", "show", "cni0"); !strings.Contains(br, "inet 100.96.5.1/24") || !strings.Contains(br, "mtu 1450") {
 		t.Errorf("cni0:\n%s", br)
 	}

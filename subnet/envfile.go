@@ -53,8 +53,8 @@ func (e *Env) Marshal() []byte {
 }
 
 // WriteEnvFile writes e to path atomically: readers see the old file or the
-// new one, never a part. The file is readable by everyone and writable by
-// its owner only.
+// new one, never a part. The file is readable and writable by its owner and
+// readable by its group only (mode 0640).
 func WriteEnvFile(path string, e *Env) error {
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -69,7 +69,7 @@ func WriteEnvFile(path string, e *Env) error {
 		tmp.Close()
 		return fmt.Errorf("writing %s: %w", tmp.Name(), err)
 	}
-	if err := tmp.Chmod(0o644); err != nil {
+	if err := tmp.Chmod(0o640); err != nil {
 		tmp.Close()
 		return fmt.Errorf("setting mode of %s: %w", tmp.Name(), err)
 	}

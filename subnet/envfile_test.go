@@ -28,8 +28,8 @@ func TestEnvFileRoundTrip(t *testing.T) {
 		t.Errorf("file:\n%s\nwant:\n%s", data, want)
 	}
 	fi, _ := os.Stat(path)
-	if fi.Mode().Perm() != 0o644 {
-		t.Errorf("mode = %v, want 0644", fi.Mode().Perm())
+	if fi.Mode().Perm() != 0o640 {
+		t.Errorf("mode = %v, want 0640", fi.Mode().Perm())
 	}
 	entries, _ := os.ReadDir(filepath.Dir(path))
 	if len(entries) != 1 {

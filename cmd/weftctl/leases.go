@@ -174,12 +174,18 @@ func orEmpty(v interface {
 	return v.String()
 }
 
+// diagnose, once a command has connected to etcd, says why etcd could not
+// be used if a command fails (see etcd.Probe).
+var diagnose func() error
+
 // openStore connects to etcd as the global flags say.
 func openStore(c *cli.Context) (*etcd.Store, func(), error) {
-	cli, err := etcd.NewClient(etcdflags.ClientConfig(c))
+	cfg := etcdflags.ClientConfig(c)
+	cli, err := etcd.NewClient(cfg)
 	if err != nil {
 		return nil, nil, err
 	}
+	diagnose = func() error { return etcd.Probe(context.Background(), cfg) }
 	store := etcd.New(cli, etcd.Options{Prefix: c.String("etcd-prefix"), Timeout: 5 * time.Second})
 	return store, func() { cli.Close() }, nil
 }

@@ -29,6 +29,11 @@ func main() {
 	app.OnUsageError = usageError
 	if err := app.Run(os.Args); err != nil {
 		fmt.Fprintln(os.Stderr, "weftctl:", err)
+		if diagnose != nil {
+			if why := diagnose(); why != nil {
+				fmt.Fprintln(os.Stderr, "weftctl:", why)
+			}
+		}
 		os.Exit(exitCode(err))
 	}
 }

@@ -3,6 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weft-net/weft/internal/sandbox"
 	"github.com/weft-net/weft/internal/testenv"
 )
 
@@ -128,5 +132,56 @@ func TestIPIPWithoutKernelSupportSaysSo(t *testing.T) {
 	last := lines[len(lines)-1]
 	if code != 1 || !strings.HasPrefix(last, "weftd: ") || !strings.HasSuffix(last, want) {
 		t.Errorf("exit %d and last line %q; want 1 and a line ending %q:\n%s", code, last, want, stderr)
+	}
+}
+
+// TestNoSecretsAndReadOnlyHealthServer: the etcd password appears in no
+// log line and in nothing the health server serves, and the health server
+// changes nothing.
+func TestNoSecretsAndReadOnlyHealthServer(t *testing.T) {
+	n := testenv.NewNetNS(t)
+	n.AddUplink(t, "eth0", 1500, "198.18.0.1/24")
+	const password = "s3cr3t-Pa55word"
+	done := make(chan string)
+	go func() {
+		stderr, _, _ := weftd(t, n.Name, []string{"WEFTD_ETCD_PASSWORD=" + password}, 8*time.Second,
+			"--healthz-addr", "127.0.0.1:8285", "--iface", "eth0", "--etcd-username", "root",
+			"--etcd-endpoints", "http://198.18.0.254:2379", "--log-level", "debug",
+			"--subnet-file", filepath.Join(t.TempDir(), "subnet.env"))
+		done <- stderr
+	}()
+	time.Sleep(3 * time.Second)
+	client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		return sandbox.DialIn(ctx, n.Name, network, addr)
+	}}, Timeout: 3 * time.Second}
+	for _, path := range []string{"/metrics", "/status", "/healthz", "/readyz"} {
+		resp, err := client.Get("http://127.0.0.1:8285" + path)
+		if err != nil {
+			t.Fatalf("GET %s: %v", path, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if strings.Contains(string(body), password) {
+			t.Errorf("%s shows the password", path)
+		}
+		for _, method := range []string{http.MethodPost, http.MethodPut, http.MethodDelete} {
+			req, _ := http.NewRequest(method, "http://127.0.0.1:8285"+path, strings.NewReader("{}"))
+			resp, err := client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusMethodNotAllowed {
+				t.Errorf("%s %s = %d, want 405", method, path, resp.StatusCode)
+			}
+		}
+	}
+	stderr := <-done
+	if strings.Contains(stderr, password) {
+		t.Errorf("the log shows the password:\n%s", stderr)
+	}
+	// With credentials the client authenticates first: weftd keeps trying.
+	if !strings.Contains(stderr, "cannot connect to etcd; retrying") || !strings.Contains(stderr, "dial tcp 198.18.0.254:2379") {
+		t.Errorf("weftd did not say it waits for etcd and why:\n%s", stderr)
 	}
 }

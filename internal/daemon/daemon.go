@@ -8,11 +8,13 @@ import (
 	"net/netip"
 	"os"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/google/nftables"
 	"github.com/sirupsen/logrus"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 
@@ -38,6 +40,8 @@ func Run(ctx context.Context, cfg *Config) error {
 	st := &state{}
 	st.update(func(s *status.Status) { s.Node, s.NotReady = cfg.NodeName, "starting" })
 
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	g, ctx := errgroup.WithContext(ctx)
 	var healthListener net.Listener
 	if cfg.HealthzAddr != "" {
@@ -48,29 +52,43 @@ func Run(ctx context.Context, cfg *Config) error {
 		healthListener = l
 	}
 
-	cli, err := etcd.NewClient(cfg.Etcd)
-	if err != nil {
-		if healthListener != nil {
-			healthListener.Close()
+	// Serve health at once: /healthz says the process lives, /readyz why
+	// it is not ready yet (waiting for etcd, say).
+	var storeRef atomic.Pointer[etcd.Store]
+	m := newMetrics("", func() uint64 {
+		if s := storeRef.Load(); s != nil {
+			return s.WatchRestarts()
 		}
-		return &InvalidError{Err: err}
-	}
-	defer cli.Close()
-	store := etcd.New(cli, etcd.Options{Prefix: cfg.Prefix, TTL: cfg.LeaseTTL, Log: log.WithField("component", "store")})
-
-	d := &daemon{cfg: cfg, log: log, store: store, state: st}
-	d.netCfg, err = d.readNetConfig(ctx)
-	if err != nil {
-		if healthListener != nil {
-			healthListener.Close()
-		}
-		return err
-	}
-	m := newMetrics(d.netCfg.Backend.Type, store.WatchRestarts)
-	d.metrics = m
+		return 0
+	})
 	if healthListener != nil {
 		g.Go(func() error { return serveHealth(ctx, healthListener, st, m) })
 	}
+	fail := func(err error) error {
+		cancel()
+		g.Wait()
+		if errors.Is(err, context.Canceled) {
+			return nil
+		}
+		return err
+	}
+
+	st.update(func(s *status.Status) { s.NotReady = "connecting to etcd" })
+	cli, err := connect(ctx, cfg, log.WithField("component", "store"))
+	if err != nil {
+		return fail(err)
+	}
+	defer cli.Close()
+	store := etcd.New(cli, etcd.Options{Prefix: cfg.Prefix, TTL: cfg.LeaseTTL, Log: log.WithField("component", "store")})
+	storeRef.Store(store)
+
+	d := &daemon{cfg: cfg, log: log, store: store, state: st, metrics: m}
+	st.update(func(s *status.Status) { s.NotReady = "reading the network configuration" })
+	d.netCfg, err = d.readNetConfig(ctx)
+	if err != nil {
+		return fail(err)
+	}
+	m.setBackend(d.netCfg.Backend.Type)
 	g.Go(func() error { return d.run(ctx) })
 	err = g.Wait()
 	if errors.Is(err, context.Canceled) {
@@ -97,6 +115,37 @@ type daemon struct {
 	pending *subnet.Attrs
 }
 
+// connect creates the etcd client, retrying while etcd is unreachable (a
+// client with credentials authenticates when it is created) and saying so
+// every few seconds with the cause.
+func connect(ctx context.Context, cfg *Config, log *logrus.Entry) (*clientv3.Client, error) {
+	var last time.Time
+	for {
+		cli, err := etcd.NewClient(cfg.Etcd)
+		if err == nil {
+			return cli, nil
+		}
+		if errors.Is(err, etcd.ErrClientConfig) {
+			return nil, &InvalidError{Err: err}
+		}
+		if time.Since(last) > 5*time.Second {
+			last = time.Now()
+			entry := log.WithField("endpoints", cfg.Etcd.Endpoints).WithError(err)
+			pctx, cancel := context.WithTimeout(ctx, time.Second)
+			if why := etcd.Probe(pctx, cfg.Etcd); why != nil {
+				entry = entry.WithField("cause", why.Error())
+			}
+			cancel()
+			entry.Warn("cannot connect to etcd; retrying")
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}
+
 // readNetConfig reads net-conf.json from --net-config-path or etcd. While
 // etcd is unreachable or holds no configuration it waits, saying so every
 // few seconds.
@@ -116,7 +165,9 @@ func (d *daemon) readNetConfig(ctx context.Context) (*subnet.Config, error) {
 		var last time.Time
 		for {
 			var err error
-			cfg, warnings, err = d.store.GetConfig(ctx)
+			gctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			cfg, warnings, err = d.store.GetConfig(gctx)
+			cancel()
 			var bad *subnet.ConfigError
 			if errors.As(err, &bad) {
 				return nil, fmt.Errorf("%s in etcd: %w", d.store.ConfigKey(), err)
@@ -126,7 +177,13 @@ func (d *daemon) readNetConfig(ctx context.Context) (*subnet.Config, error) {
 			}
 			if time.Since(last) > 5*time.Second {
 				last = time.Now()
-				log.WithField("endpoints", d.store.Endpoints()).WithError(err).Warn("waiting for the network configuration in etcd")
+				entry := log.WithField("endpoints", d.store.Endpoints()).WithError(err)
+				pctx, cancel := context.WithTimeout(ctx, time.Second)
+				if why := etcd.Probe(pctx, d.cfg.Etcd); why != nil {
+					entry = entry.WithField("cause", why.Error())
+				}
+				cancel()
+				entry.Warn("waiting for the network configuration in etcd")
 			}
 			select {
 			case <-ctx.Done():

@@ -54,7 +54,9 @@ func newMetrics(backendType string, watchRestarts func() uint64) *metrics {
 
 func (m *metrics) setBackend(t string) {
 	m.backendInfo.Reset()
-	m.backendInfo.WithLabelValues(t).Set(1)
+	if t != "" {
+		m.backendInfo.WithLabelValues(t).Set(1)
+	}
 }
 
 func (m *metrics) observeSync(d time.Duration, stats backend.Stats, err error) {

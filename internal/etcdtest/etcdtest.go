@@ -21,10 +21,18 @@ import (
 	"github.com/weft-net/weft/internal/testenv"
 )
 
+// Options are the server's TLS settings; the zero value serves plain HTTP.
+type Options struct {
+	CertFile, KeyFile string // server certificate: serve https
+	TrustedCAFile     string // CA of client certificates
+	ClientCertAuth    bool   // require client certificates
+}
+
 // Server is one etcd member on loopback. Its methods are not safe for
 // concurrent use.
 type Server struct {
 	t          testing.TB
+	opts       Options
 	bin        string
 	dataDir    string
 	clientAddr string
@@ -38,7 +46,14 @@ type Server struct {
 // fresh data directory. The server is killed when the test ends.
 func Start(t testing.TB) *Server {
 	t.Helper()
+	return StartWith(t, Options{})
+}
+
+// StartWith is Start with TLS options.
+func StartWith(t testing.TB, opts Options) *Server {
+	t.Helper()
 	s := &Server{
+		opts:       opts,
 		t:          t,
 		bin:        testenv.Binary(t, "weft-etcd"),
 		dataDir:    t.TempDir(),
@@ -64,7 +79,12 @@ func Start(t testing.TB) *Server {
 }
 
 // Endpoint returns the client URL.
-func (s *Server) Endpoint() string { return "http://" + s.clientAddr }
+func (s *Server) Endpoint() string {
+	if s.opts.CertFile != "" {
+		return "https://" + s.clientAddr
+	}
+	return "http://" + s.clientAddr
+}
 
 // Restart starts the server again on the same data and address after Stop
 // or Kill (or the first time), and waits until it serves clients.
@@ -78,6 +98,12 @@ func (s *Server) Restart() {
 		"--listen-client-urls", s.Endpoint(),
 		"--listen-peer-urls", "http://"+s.peerAddr,
 		"--unsafe-no-fsync")
+	if o := s.opts; o.CertFile != "" {
+		cmd.Args = append(cmd.Args, "--cert-file", o.CertFile, "--key-file", o.KeyFile, "--trusted-ca-file", o.TrustedCAFile)
+		if o.ClientCertAuth {
+			cmd.Args = append(cmd.Args, "--client-cert-auth")
+		}
+	}
 	cmd.Stderr = s.logs
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	stdout, err := cmd.StdoutPipe()

@@ -46,6 +46,9 @@ func NewNetNS(t testing.TB) *NetNS {
 		n.Close()
 		testutils.UnmountNS(n)
 	})
+	if lo, err := h.LinkByName("lo"); err == nil {
+		h.LinkSetUp(lo)
+	}
 	return &NetNS{NetNS: n, Name: filepath.Base(n.Path()), Netlink: h}
 }
 
