@@ -47,9 +47,12 @@ fuzz:
 	$(GO) test ./subnet/ -run '^$$' -fuzz '^FuzzParseConfig$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./subnet/ -run '^$$' -fuzz '^FuzzParseLease$$' -fuzztime $(FUZZTIME)
 
-## bench: Go benchmarks of the hot pure code
-bench:
-	$(GO) test -run '^$$' -bench . -benchmem ./subnet/... ./backend/
+## bench: Go benchmarks of the hot pure code, then the cluster benchmarks
+## (cold start, bursts, latency, memory, etcd load, data path) written to
+## docs/benchmarks.md and docs/convergence.png. Needs root and iperf3.
+bench: build
+	$(GO) test -run '^$$' -bench . -benchmem ./subnet/ ./backend/ | tee $(BIN)/microbench.txt
+	$(GO) run ./bench -bin $(BIN) -micro $(BIN)/microbench.txt
 
 ## demo: a 3-node cluster in network namespaces, pods through the CNI plugin,
 ## the leases and a reachability matrix; then tears it down (KEEP=1 leaves it

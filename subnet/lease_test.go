@@ -200,3 +200,15 @@ func parsePrefixOrZero(s string) netip.Prefix {
 	}
 	return netip.MustParsePrefix(s)
 }
+
+func BenchmarkParseLease(b *testing.B) {
+	value := []byte(`{"PublicIP":"198.18.0.3","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"6e:2f:9a:01:02:03"},"BackendV6Data":null,"Node":"node-3"}`)
+	cfg, _, _ := ParseConfig([]byte(`{"Network":"100.96.0.0/12"}`))
+	b.ReportAllocs()
+	for b.Loop() {
+		l, err := ParseLease("100.96.3.0-24", value)
+		if err != nil || cfg.CheckLease(&l) != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -313,7 +313,7 @@ func (c *Cluster) AddNodeOn(ctx context.Context, seg int) (*Node, error) {
 	if seg < 0 || seg > 1 {
 		return nil, fmt.Errorf("sandbox: segment %d does not exist; use 0 or 1", seg)
 	}
-	n, err := c.prepareNode(seg)
+	n, err := c.PrepareNode(seg)
 	if err != nil {
 		return nil, err
 	}
@@ -323,9 +323,9 @@ func (c *Cluster) AddNodeOn(ctx context.Context, seg int) (*Node, error) {
 	return n, nil
 }
 
-// prepareNode makes the next node's namespace and underlay on segment seg,
+// PrepareNode makes the next node's namespace and underlay on segment seg,
 // without starting weftd.
-func (c *Cluster) prepareNode(seg int) (*Node, error) {
+func (c *Cluster) PrepareNode(seg int) (*Node, error) {
 	if err := c.ensureSegment(seg); err != nil {
 		return nil, err
 	}
@@ -386,7 +386,7 @@ func (c *Cluster) AddNodes(ctx context.Context, count int) ([]*Node, error) {
 	results := make(chan result, count)
 	var nodes []*Node
 	for range count {
-		n, err := c.prepareNode(0)
+		n, err := c.PrepareNode(0)
 		if err != nil {
 			return nil, err
 		}
@@ -406,8 +406,8 @@ func (c *Cluster) AddNodes(ctx context.Context, count int) ([]*Node, error) {
 	return nodes, errors.Join(errs...)
 }
 
-// StartWeftd starts weftd on n and waits until it reports ready.
-func (c *Cluster) StartWeftd(ctx context.Context, n *Node) error {
+// startWeftd starts weftd on n.
+func (c *Cluster) startWeftd(n *Node) (*process, error) {
 	args := []string{
 		"--etcd-endpoints", c.EtcdEndpoints(),
 		"--iface", "eth0",
@@ -426,13 +426,18 @@ func (c *Cluster) StartWeftd(ctx context.Context, n *Node) error {
 		path := c.configPath(n)
 		if _, err := os.Stat(path); err != nil {
 			if err := c.SetNodeConfig(n, c.opts.NetConf); err != nil {
-				return err
+				return nil, err
 			}
 		}
 		args = append(args, "--net-config-path", path)
 	}
+	return c.start(n.NS, n.LogFile, filepath.Join(c.opts.BinDir, "weftd"), args...)
+}
+
+// StartWeftd starts weftd on n and waits until it reports ready.
+func (c *Cluster) StartWeftd(ctx context.Context, n *Node) error {
 	var err error
-	n.weftd, err = c.start(n.NS, n.LogFile, filepath.Join(c.opts.BinDir, "weftd"), args...)
+	n.weftd, err = c.startWeftd(n)
 	if err != nil {
 		return err
 	}
@@ -650,4 +655,20 @@ func tailFile(path string, n int) string {
 		b = b[len(b)-n:]
 	}
 	return string(b)
+}
+
+// WeftdPID returns the process id of n's weftd, or 0.
+func (n *Node) WeftdPID() int {
+	if n.weftd == nil {
+		return 0
+	}
+	return n.weftd.cmd.Process.Pid
+}
+
+// StartWeftdAsync starts weftd on n and returns at once; Status tells
+// when it is ready.
+func (c *Cluster) StartWeftdAsync(n *Node) error {
+	p, err := c.startWeftd(n)
+	n.weftd = p
+	return err
 }

@@ -48,6 +48,7 @@ type Claim struct {
 	lease   subnet.Lease     // guarded by mu
 	id      clientv3.LeaseID // guarded by mu
 	problem error            // guarded by mu; why the claim is not healthy
+	expires time.Time        // guarded by mu; per the last grant or keep-alive answer
 }
 
 // Lease returns the lease held.
@@ -62,6 +63,20 @@ func (c *Claim) EtcdLease() clientv3.LeaseID {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.id
+}
+
+// TTL returns how long the etcd lease has left as of its last renewal,
+// without asking etcd.
+func (c *Claim) TTL() time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return max(time.Until(c.expires), 0)
+}
+
+func (c *Claim) renewed(ttl time.Duration) {
+	c.mu.Lock()
+	c.expires = time.Now().Add(ttl)
+	c.mu.Unlock()
 }
 
 // Problem returns why the claim is not in good standing (its etcd lease was
@@ -134,7 +149,7 @@ func (s *Store) Acquire(ctx context.Context, req AcquireRequest) (*Claim, error)
 				s.revokeIfEmpty(ctx, c.previous)
 			}
 			l.Attrs = req.Attrs
-			claim = &Claim{store: s, log: log, lease: l, id: id}
+			claim = &Claim{store: s, log: log, lease: l, id: id, expires: time.Now().Add(s.ttl)}
 			log.WithFields(logrus.Fields{"subnet": l.Key(), "etcd_lease": fmt.Sprintf("%x", int64(id)), "ttl": s.ttl}).Info("acquired subnet")
 			return nil
 		}
@@ -276,7 +291,10 @@ func (c *Claim) holdUntilLost(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case _, ok := <-ka:
+		case resp, ok := <-ka:
+			if ok && resp != nil {
+				c.renewed(time.Duration(resp.TTL) * time.Second)
+			}
 			if !ok {
 				c.log.WithFields(logrus.Fields{"subnet": c.Lease().Key(), "etcd_lease": fmt.Sprintf("%x", int64(id))}).
 					Warn("etcd lease lost (expired while etcd was unreachable?); re-creating the same subnet")
@@ -362,6 +380,7 @@ func (c *Claim) retaken(id clientv3.LeaseID) {
 	c.mu.Lock()
 	c.id = id
 	c.problem = nil
+	c.expires = time.Now().Add(c.store.ttl)
 	c.mu.Unlock()
 	c.log.WithFields(logrus.Fields{"subnet": c.Lease().Key(), "etcd_lease": fmt.Sprintf("%x", int64(id))}).Info("lease re-created")
 }

@@ -111,6 +111,9 @@ func TestAcquireKeepRelease(t *testing.T) {
 	if !cfg.IPv4.Contains(claim.Lease().Subnet) {
 		t.Fatalf("acquired %v outside the pool", claim.Lease().Subnet)
 	}
+	if ttl := claim.TTL(); ttl <= 0 || ttl > 2*time.Second {
+		t.Errorf("claim.TTL() = %v, want (0, 2s]", ttl)
+	}
 	resp, attrs := getValue(t, cli, key)
 	if len(resp.Kvs) != 1 || attrs.Node != "node-1" || clientv3.LeaseID(resp.Kvs[0].Lease) != claim.EtcdLease() {
 		t.Fatalf("key %s = %+v (attrs %+v)", key, resp.Kvs, attrs)

@@ -1,0 +1,115 @@
+// Command bench measures weft against the yardsticks in DESIGN.md and
+// writes docs/benchmarks.md and docs/convergence.png. Run it as root with
+// `make bench` (it builds namespaces); it is not part of make test.
+//
+//	fabric netns: etcd with N generated leases (vxlan format)
+//	  └── node-1 netns: weftd, measured from the kernel:
+//	        cold start  time from weftd's start until N routes exist
+//	        burst       100 leases written in one transaction, then deleted
+//	        latency     one lease, 200 times: write → route in the kernel
+//	        memory      weftd's resident set with the peers programmed
+//	        etcd load   etcd's request counters over an idle minute
+//	        data path   iperf3 pod→pod / node→node, weft and by hand
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/weft-net/weft/internal/sandbox"
+)
+
+func main() {
+	binDir := flag.String("bin", "bin", "directory with weftd, weftctl, weft and weft-etcd")
+	out := flag.String("out", "docs/benchmarks.md", "report to write")
+	png := flag.String("png", "docs/convergence.png", "plot of cold start time against N")
+	sizes := flag.String("sizes", "1000,5000,10000", "cluster sizes for the cold start")
+	skipDataPath := flag.Bool("skip-data-path", false, "skip the iperf3 measurements")
+	micro := flag.String("micro", "", "output of the Go microbenchmarks to include in the report")
+	flag.Parse()
+	if os.Geteuid() != 0 {
+		log.Fatal("bench needs root for network namespaces")
+	}
+	bin, err := filepath.Abs(*binDir)
+	if err != nil {
+		log.Fatal(err)
+	}
+	var ns []int
+	for _, s := range strings.Split(*sizes, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || n < 1 || n > 16000 {
+			log.Fatalf("-sizes: %q is not a size from 1 to 16000", s)
+		}
+		ns = append(ns, n)
+	}
+	ctx := context.Background()
+	r := &report{Started: time.Now(), Machine: machine()}
+	if *micro != "" {
+		b, err := os.ReadFile(*micro)
+		if err != nil {
+			log.Fatal(err)
+		}
+		r.Micro = string(b)
+	}
+
+	for _, n := range ns {
+		res, err := coldStart(ctx, bin, n)
+		if err != nil {
+			log.Fatalf("cold start with %d peers: %v", n, err)
+		}
+		log.Printf("cold start N=%d: %v, RSS %.1f MB", n, res.Converge, res.RSSMB)
+		r.Cold = append(r.Cold, res)
+	}
+	if r.Burst, err = burstAndLatency(ctx, bin, 5000); err != nil {
+		log.Fatalf("burst: %v", err)
+	}
+	log.Printf("burst: %+v", r.Burst)
+	if r.Etcd, err = etcdLoad(ctx, bin); err != nil {
+		log.Fatalf("etcd load: %v", err)
+	}
+	log.Printf("etcd: %+v", r.Etcd)
+	if !*skipDataPath {
+		if r.DataPath, err = dataPath(ctx, bin); err != nil {
+			log.Fatalf("data path: %v", err)
+		}
+		log.Printf("data path: %+v", r.DataPath)
+	}
+	if err := writePlot(*png, r.Cold); err != nil {
+		log.Fatalf("plot: %v", err)
+	}
+	if err := os.WriteFile(*out, []byte(r.markdown(*png)), 0o644); err != nil {
+		log.Fatal(err)
+	}
+	log.Printf("wrote %s and %s", *out, *png)
+}
+
+// cluster starts an empty sandbox (etcd only) for a measurement.
+func cluster(ctx context.Context, bin, conf string) (*sandbox.Cluster, error) {
+	dir, err := os.MkdirTemp("", "weft-bench-")
+	if err != nil {
+		return nil, err
+	}
+	return sandbox.Up(ctx, sandbox.Options{Name: fmt.Sprintf("wb%d", os.Getpid()%100000), Dir: dir, BinDir: bin, NetConf: conf})
+}
+
+func machine() string {
+	cpu := "unknown CPU"
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(l, "model name") {
+				cpu = strings.TrimSpace(strings.SplitN(l, ":", 2)[1])
+				break
+			}
+		}
+	}
+	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
+	return fmt.Sprintf("%d × %s, Linux %s, %s", runtime.NumCPU(), cpu, strings.TrimSpace(string(kernel)), runtime.Version())
+}

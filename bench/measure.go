@@ -1,0 +1,204 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/weft-net/weft/backend"
+)
+
+// coldResult is one cold start.
+type coldResult struct {
+	N        int
+	Converge time.Duration // weftd start → N routes in the kernel
+	RSSMB    float64       // weftd's resident set afterwards
+}
+
+func coldStart(ctx context.Context, bin string, n int) (coldResult, error) {
+	res := coldResult{N: n}
+	c, err := cluster(ctx, bin, benchConf)
+	if err != nil {
+		return res, err
+	}
+	defer c.Down()
+	cli, err := c.EtcdClient()
+	if err != nil {
+		return res, err
+	}
+	defer cli.Close()
+	if err := putLeases(ctx, cli, 0, n); err != nil {
+		return res, err
+	}
+	node, err := c.PrepareNode(0)
+	if err != nil {
+		return res, err
+	}
+	k, err := openKernel(node.NS)
+	if err != nil {
+		return res, err
+	}
+	defer k.close()
+	start := time.Now()
+	if err := c.StartWeftdAsync(node); err != nil {
+		return res, err
+	}
+	done, err := k.waitRoutes(n, 2*time.Minute)
+	if err != nil {
+		return res, err
+	}
+	res.Converge = done.Sub(start)
+	time.Sleep(3 * time.Second) // let it settle (and collect garbage)
+	res.RSSMB, err = rssMB(node.WeftdPID())
+	return res, err
+}
+
+func rssMB(pid int) (float64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "VmRSS:") {
+			kb, _ := strconv.Atoi(strings.Fields(l)[1])
+			return float64(kb) / 1024, nil
+		}
+	}
+	return 0, fmt.Errorf("no VmRSS for pid %d", pid)
+}
+
+// burstResult is the incremental measurements on a node with N peers.
+type burstResult struct {
+	N             int
+	Add, Delete   time.Duration // 100 leases in one transaction → kernel
+	P50, P99, Max time.Duration // one lease → kernel, 200 samples
+	Samples       int
+}
+
+func burstAndLatency(ctx context.Context, bin string, n int) (burstResult, error) {
+	res := burstResult{N: n}
+	c, err := cluster(ctx, bin, benchConf)
+	if err != nil {
+		return res, err
+	}
+	defer c.Down()
+	cli, err := c.EtcdClient()
+	if err != nil {
+		return res, err
+	}
+	defer cli.Close()
+	if err := putLeases(ctx, cli, 0, n); err != nil {
+		return res, err
+	}
+	node, err := c.AddNode(ctx)
+	if err != nil {
+		return res, err
+	}
+	k, err := openKernel(node.NS)
+	if err != nil {
+		return res, err
+	}
+	defer k.close()
+	if _, err := k.waitRoutes(n, time.Minute); err != nil {
+		return res, err
+	}
+	events, stop, err := k.routeEvents()
+	if err != nil {
+		return res, err
+	}
+	defer stop()
+	time.Sleep(time.Second)
+
+	count := func(typ uint16, want int) (time.Time, error) {
+		seen := 0
+		timeout := time.After(30 * time.Second)
+		for {
+			select {
+			case u := <-events:
+				if u.Type == typ && u.Protocol == backend.RouteProtocol {
+					if seen++; seen == want {
+						return time.Now(), nil
+					}
+				}
+			case <-timeout:
+				return time.Time{}, fmt.Errorf("saw %d of %d route events", seen, want)
+			}
+		}
+	}
+	drain := func() {
+		for {
+			select {
+			case <-events:
+			case <-time.After(200 * time.Millisecond):
+				return
+			}
+		}
+	}
+	drain()
+	start := time.Now()
+	if err := putLeases(ctx, cli, n, n+100); err != nil {
+		return res, err
+	}
+	t, err := count(unix.RTM_NEWROUTE, 100)
+	if err != nil {
+		return res, fmt.Errorf("burst of 100 joins: %w", err)
+	}
+	res.Add = t.Sub(start)
+	drain()
+	start = time.Now()
+	if err := deleteLeases(ctx, cli, n, n+100); err != nil {
+		return res, err
+	}
+	if t, err = count(unix.RTM_DELROUTE, 100); err != nil {
+		return res, fmt.Errorf("burst of 100 leaves: %w", err)
+	}
+	res.Delete = t.Sub(start)
+	drain()
+
+	var lat []time.Duration
+	for i := range 200 {
+		peer := n + 200 + i
+		key, value := peerLease(peer)
+		dst := netip.MustParsePrefix(strings.Replace(key, "-", "/", 1))
+		start := time.Now()
+		if _, err := cli.Put(ctx, subnetsPrefix+key, value); err != nil {
+			return res, err
+		}
+		if err := waitFor(events, dst, unix.RTM_NEWROUTE); err != nil {
+			return res, err
+		}
+		lat = append(lat, time.Since(start))
+		if _, err := cli.Delete(ctx, subnetsPrefix+key); err != nil {
+			return res, err
+		}
+		if err := waitFor(events, dst, unix.RTM_DELROUTE); err != nil {
+			return res, err
+		}
+	}
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	res.Samples = len(lat)
+	res.P50, res.P99, res.Max = lat[len(lat)/2], lat[len(lat)*99/100], lat[len(lat)-1]
+	return res, nil
+}
+
+func waitFor(events <-chan netlink.RouteUpdate, dst netip.Prefix, typ uint16) error {
+	timeout := time.After(10 * time.Second)
+	for {
+		select {
+		case u := <-events:
+			if u.Type == typ && u.Dst != nil && u.Dst.String() == dst.String() {
+				return nil
+			}
+		case <-timeout:
+			return fmt.Errorf("no route event %d for %s", typ, dst)
+		}
+	}
+}

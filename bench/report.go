@@ -1,0 +1,123 @@
+package main
+
+import (
+	"fmt"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+)
+
+// report is everything one run measured.
+type report struct {
+	Started  time.Time
+	Machine  string
+	Cold     []coldResult
+	Burst    burstResult
+	Etcd     etcdResult
+	DataPath []pathResult
+	Micro    string // go test -bench output
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }
+
+func verdict(ok bool) string {
+	if ok {
+		return "met"
+	}
+	return "**missed**"
+}
+
+func (r *report) markdown(pngPath string) string {
+	var b strings.Builder
+	p := func(format string, args ...any) { fmt.Fprintf(&b, format+"\n", args...) }
+	p("# Benchmarks")
+	p("")
+	p("Written by `make bench` (`go run ./bench`) on %s.", r.Started.UTC().Format("2006-01-02 15:04 MST"))
+	p("Machine: %s. Every figure below is from that one run;", r.Machine)
+	p("rerun `sudo make bench` to measure your machine (it rewrites this file and the plot).")
+	p("")
+	p("Setup: a sandbox (network namespaces, a real etcd in the fabric namespace) holding")
+	p("N generated leases of other nodes in flannel's vxlan format (`/26` subnets of")
+	p("100.96.0.0/12); one node running weftd. Times are read from the kernel, not from")
+	p("weftd: route counts by netlink dumps every 2 ms (cold start), route events by a")
+	p("netlink subscription in the node's namespace (bursts, latency).")
+	p("")
+	p("## Cold start")
+	p("")
+	p("From starting weftd (etcd already holding N leases) until the kernel has a route")
+	p("for every peer (each with its neighbour and FDB entry, installed before the route).")
+	p("")
+	p("| N | time to converge | weftd RSS afterwards | target ≤ 1 s |")
+	p("|---|---|---|---|")
+	for _, c := range r.Cold {
+		p("| %d | %s | %.1f MB | %s |", c.N, ms(c.Converge), c.RSSMB, verdict(c.Converge <= time.Second))
+	}
+	p("")
+	p("![cold start time against N](%s)", filepath.Base(pngPath))
+	p("")
+	if len(r.Cold) > 0 {
+		last := r.Cold[len(r.Cold)-1]
+		p("Memory: resident set of weftd with %d peers programmed: %.1f MB (target ≤ 30 MB: %s).", last.N, last.RSSMB, verdict(last.RSSMB <= 30))
+		p("")
+	}
+	p("## Incremental")
+	p("")
+	p("With N = %d peers programmed:", r.Burst.N)
+	p("")
+	p("| change | time until the kernel reflects it | target ≤ 20 ms |")
+	p("|---|---|---|")
+	p("| 100 leases written in one etcd transaction | %s | %s |", ms(r.Burst.Add), verdict(r.Burst.Add <= 20*time.Millisecond))
+	p("| the same 100 deleted in one transaction | %s | %s |", ms(r.Burst.Delete), verdict(r.Burst.Delete <= 20*time.Millisecond))
+	p("")
+	p("Single lease, write → route in the kernel, %d samples: p50 %s, p99 %s, max %s.", r.Burst.Samples, ms(r.Burst.P50), ms(r.Burst.P99), ms(r.Burst.Max))
+	p("")
+	p("## etcd load")
+	p("")
+	p("Requests are etcd's `grpc_server_msg_received_total` (one per unary call, one per")
+	p("message on a stream such as a keep-alive), read from etcd's `/metrics`.")
+	p("")
+	p("- Steady state, %d idle nodes for %v: **%.1f requests per node per hour**.", r.Etcd.Nodes, r.Etcd.Idle, r.Etcd.PerNodePerHour)
+	var methods []string
+	for m, v := range r.Etcd.ByMethod {
+		methods = append(methods, fmt.Sprintf("%s %.0f", m, v))
+	}
+	sort.Strings(methods)
+	if len(methods) > 0 {
+		p("  In the window: %s.", strings.Join(methods, ", "))
+	}
+	p("- One node joining (start to ready, plus 2 s): **%.0f requests** in all.", r.Etcd.JoinRequests)
+	p("")
+	if len(r.DataPath) > 0 {
+		p("## Data path")
+		p("")
+		p("iperf3 TCP, best of three 4 s runs, from a pod on node 1 to a pod on node 2, divided by")
+		p("node 1 → node 2 over the underlay (veth pairs through a bridge, so CPU-bound); and the")
+		p("same for two nodes whose kernel state was typed in by hand with `ip` following the same")
+		p("scheme, measured in the same run.")
+		p("")
+		p("| backend | pod→pod | node→node | weft ratio | by hand pod→pod | by hand node→node | by-hand ratio |")
+		p("|---|---|---|---|---|---|---|")
+		for _, d := range r.DataPath {
+			p("| %s | %.2f Gbit/s | %.2f Gbit/s | %.2f | %.2f Gbit/s | %.2f Gbit/s | %.2f |", d.Backend, d.PodGbps, d.NodeGbps, d.Ratio(), d.HandPodGbps, d.HandNodeGbps, d.HandRatio())
+		}
+		p("")
+		p("ipip runs only in the VM (no IPIP in this kernel) and is not measured here.")
+		p("")
+	}
+	if r.Micro != "" {
+		p("## Hot pure code")
+		p("")
+		p("`go test -run '^$' -bench . -benchmem ./subnet/ ./backend/`:")
+		p("")
+		p("```")
+		for _, l := range strings.Split(strings.TrimSpace(r.Micro), "\n") {
+			if strings.HasPrefix(l, "Benchmark") || strings.HasPrefix(l, "cpu:") {
+				p("%s", l)
+			}
+		}
+		p("```")
+		p("")
+	}
+	return b.String()
+}
