@@ -41,8 +41,10 @@ type Backend interface {
 	Setup(ctx context.Context) (Published, error)
 	// Sync programs self's device addresses and everything but routes for
 	// peers, and returns the routes they need. Peers of another type are
-	// counted as OtherType and left alone.
-	Sync(ctx context.Context, self subnet.Lease, peers []subnet.Lease) ([]Route, Stats, error)
+	// counted as OtherType and left alone. Without verify a backend may
+	// diff against what it last programmed instead of reading the kernel;
+	// with verify it reads the kernel (and so repairs drift).
+	Sync(ctx context.Context, self subnet.Lease, peers []subnet.Lease, verify bool) ([]Route, Stats, error)
 	// Devices names the network devices the backend owns.
 	Devices() []string
 	// MTU is the MTU pods must use with this backend.

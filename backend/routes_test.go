@@ -19,14 +19,22 @@ func TestDiffRoutesAddsChangedAndDeletesStale(t *testing.T) {
 		r("100.96.3.0/24", "100.96.3.0", 5, true),
 		r("100.96.5.0/24", "100.96.5.0", 5, true), // new
 	}
-	add, del := DiffRoutes(want, have)
+	haveMap := map[netip.Prefix]Route{}
+	for _, r := range have {
+		haveMap[r.Dst] = r
+	}
+	add, del := DiffRoutes(want, haveMap)
 	if len(add) != 2 || add[0] != want[1] || add[1] != want[2] {
 		t.Errorf("add = %v", add)
 	}
 	if len(del) != 1 || del[0] != have[2] {
 		t.Errorf("del = %v", del)
 	}
-	if add, del := DiffRoutes(want, want); len(add)+len(del) != 0 {
+	wantMap := map[netip.Prefix]Route{}
+	for _, r := range want {
+		wantMap[r.Dst] = r
+	}
+	if add, del := DiffRoutes(want, wantMap); len(add)+len(del) != 0 {
 		t.Errorf("no-op diff = %v, %v", add, del)
 	}
 }
@@ -37,9 +45,31 @@ func BenchmarkDiffRoutes10k(b *testing.B) {
 		a := netip.AddrFrom4([4]byte{100, 96 + byte(i>>8), byte(i), 0})
 		want = append(want, Route{Dst: netip.PrefixFrom(a, 24), Gw: a, LinkIndex: 5, OnLink: true})
 	}
-	have := append([]Route(nil), want[:9900]...)
+	have := map[netip.Prefix]Route{}
+	for _, r := range want[:9900] {
+		have[r.Dst] = r
+	}
 	b.ReportAllocs()
 	for b.Loop() {
 		DiffRoutes(want, have)
+	}
+}
+
+func TestRouteMetricIsStableAndSpread(t *testing.T) {
+	seen := map[int]int{}
+	for i := range 10000 {
+		a := netip.AddrFrom4([4]byte{100, 96 + byte(i>>8), byte(i), 0})
+		p := netip.PrefixFrom(a, 24)
+		m := RouteMetric(p)
+		if m != RouteMetric(p) || m < 1024 || m > 5119 {
+			t.Fatalf("RouteMetric(%s) = %d", p, m)
+		}
+		seen[m]++
+	}
+	// 10,000 destinations over 4096 metrics: no metric should hold many.
+	for m, n := range seen {
+		if n > 16 {
+			t.Errorf("metric %d is shared by %d routes", m, n)
+		}
 	}
 }

@@ -33,6 +33,7 @@ func main() {
 	png := flag.String("png", "docs/convergence.png", "plot of cold start time against N")
 	sizes := flag.String("sizes", "1000,5000,10000", "cluster sizes for the cold start")
 	skipDataPath := flag.Bool("skip-data-path", false, "skip the iperf3 measurements")
+	skipEtcd := flag.Bool("skip-etcd", false, "skip the etcd load measurement (2 minutes idle)")
 	micro := flag.String("micro", "", "output of the Go microbenchmarks to include in the report")
 	flag.Parse()
 	if os.Geteuid() != 0 {
@@ -72,10 +73,12 @@ func main() {
 		log.Fatalf("burst: %v", err)
 	}
 	log.Printf("burst: %+v", r.Burst)
-	if r.Etcd, err = etcdLoad(ctx, bin); err != nil {
-		log.Fatalf("etcd load: %v", err)
+	if !*skipEtcd {
+		if r.Etcd, err = etcdLoad(ctx, bin); err != nil {
+			log.Fatalf("etcd load: %v", err)
+		}
+		log.Printf("etcd: %+v", r.Etcd)
 	}
-	log.Printf("etcd: %+v", r.Etcd)
 	if !*skipDataPath {
 		if r.DataPath, err = dataPath(ctx, bin); err != nil {
 			log.Fatalf("data path: %v", err)
@@ -97,7 +100,8 @@ func cluster(ctx context.Context, bin, conf string) (*sandbox.Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	return sandbox.Up(ctx, sandbox.Options{Name: fmt.Sprintf("wb%d", os.Getpid()%100000), Dir: dir, BinDir: bin, NetConf: conf})
+	return sandbox.Up(ctx, sandbox.Options{Name: fmt.Sprintf("wb%d", os.Getpid()%100000), Dir: dir, BinDir: bin, NetConf: conf,
+		ResyncInterval: 5 * time.Second}) // weftd's default
 }
 
 func machine() string {

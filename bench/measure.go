@@ -110,6 +110,17 @@ func burstAndLatency(ctx context.Context, bin string, n int) (burstResult, error
 	if _, err := k.waitRoutes(n, time.Minute); err != nil {
 		return res, err
 	}
+	// Generated peers must not collide with the subnet this node leased.
+	own, err := node.Subnet()
+	if err != nil {
+		return res, err
+	}
+	base := n
+	for i := n; i < n+1000; i++ {
+		if key, _ := peerLease(i); key == strings.Replace(own.String(), "/", "-", 1) {
+			base = n + 1000
+		}
+	}
 	events, stop, err := k.routeEvents()
 	if err != nil {
 		return res, err
@@ -144,7 +155,7 @@ func burstAndLatency(ctx context.Context, bin string, n int) (burstResult, error
 	}
 	drain()
 	start := time.Now()
-	if err := putLeases(ctx, cli, n, n+100); err != nil {
+	if err := putLeases(ctx, cli, base, base+100); err != nil {
 		return res, err
 	}
 	t, err := count(unix.RTM_NEWROUTE, 100)
@@ -154,7 +165,7 @@ func burstAndLatency(ctx context.Context, bin string, n int) (burstResult, error
 	res.Add = t.Sub(start)
 	drain()
 	start = time.Now()
-	if err := deleteLeases(ctx, cli, n, n+100); err != nil {
+	if err := deleteLeases(ctx, cli, base, base+100); err != nil {
 		return res, err
 	}
 	if t, err = count(unix.RTM_DELROUTE, 100); err != nil {
@@ -165,7 +176,7 @@ func burstAndLatency(ctx context.Context, bin string, n int) (burstResult, error
 
 	var lat []time.Duration
 	for i := range 200 {
-		peer := n + 200 + i
+		peer := base + 200 + i
 		key, value := peerLease(peer)
 		dst := netip.MustParsePrefix(strings.Replace(key, "-", "/", 1))
 		start := time.Now()

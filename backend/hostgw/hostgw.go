@@ -44,7 +44,7 @@ func (g *HostGW) Setup(context.Context) (backend.Published, error) {
 func (g *HostGW) Devices() []string { return nil }
 
 // Sync implements backend.Backend.
-func (g *HostGW) Sync(ctx context.Context, self subnet.Lease, peers []subnet.Lease) ([]backend.Route, backend.Stats, error) {
+func (g *HostGW) Sync(ctx context.Context, self subnet.Lease, peers []subnet.Lease, _ bool) ([]backend.Route, backend.Stats, error) {
 	var stats backend.Stats
 	defer g.once.EndSync()
 	ext := g.env.Ext

@@ -116,7 +116,7 @@ func (b *IPIP) ensureDevice() (netlink.Link, error) {
 }
 
 // Sync implements backend.Backend.
-func (b *IPIP) Sync(ctx context.Context, self subnet.Lease, peers []subnet.Lease) ([]backend.Route, backend.Stats, error) {
+func (b *IPIP) Sync(ctx context.Context, self subnet.Lease, peers []subnet.Lease, _ bool) ([]backend.Route, backend.Stats, error) {
 	var stats backend.Stats
 	defer b.once.EndSync()
 	link, err := b.ensureDevice()

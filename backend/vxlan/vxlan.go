@@ -41,6 +41,7 @@ type VXLAN struct {
 	devs []*device // one per enabled address family, IPv4 first
 	log  *logrus.Entry
 	once backend.LogOnce
+	macs map[string]net.HardwareAddr // parsed VtepMACs by backend data
 }
 
 var _ backend.Backend = (*VXLAN)(nil)
@@ -52,6 +53,12 @@ type device struct {
 	mac      net.HardwareAddr
 	local    netip.Addr // underlay address packets are sent from
 	overhead int
+
+	// What the device holds as far as weft knows, valid while index is
+	// the device's: neighbour IP -> MAC, FDB MAC -> destination.
+	index  int
+	neighs map[netip.Addr]string
+	fdbs   map[string]netip.Addr
 }
 
 func (d *device) family() int {
@@ -262,7 +269,7 @@ type peerEntry struct {
 }
 
 // Sync implements backend.Backend.
-func (v *VXLAN) Sync(ctx context.Context, self subnet.Lease, peers []subnet.Lease) ([]backend.Route, backend.Stats, error) {
+func (v *VXLAN) Sync(ctx context.Context, self subnet.Lease, peers []subnet.Lease, verify bool) ([]backend.Route, backend.Stats, error) {
 	var stats backend.Stats
 	defer v.once.EndSync()
 	direct := backend.NewDirectRouter(v.env, v.cfg.DirectRouting)
@@ -272,8 +279,11 @@ func (v *VXLAN) Sync(ctx context.Context, self subnet.Lease, peers []subnet.Leas
 	for i := range ok {
 		ok[i] = true
 	}
+	if v.macs == nil || len(v.macs) > 2*len(peers)+64 {
+		v.macs = make(map[string]net.HardwareAddr, len(peers)) // drop departed peers' entries
+	}
 	for _, d := range v.devs {
-		rs, err := v.syncDevice(d, self, peers, direct, ok, &stats)
+		rs, err := v.syncDevice(d, self, peers, direct, ok, &stats, verify)
 		routes = append(routes, rs...)
 		if err != nil {
 			errs = append(errs, err)
@@ -293,9 +303,19 @@ func (v *VXLAN) Sync(ctx context.Context, self subnet.Lease, peers []subnet.Leas
 	return routes, stats, errors.Join(errs...)
 }
 
+// vtepMAC parses a peer's VtepMAC once per distinct backend data.
+func (v *VXLAN) vtepMAC(data []byte) net.HardwareAddr {
+	if mac, ok := v.macs[string(data)]; ok {
+		return mac
+	}
+	mac := subnet.VtepMAC(data)
+	v.macs[string(data)] = mac
+	return mac
+}
+
 // syncDevice programs one family's device and returns its routes. It
 // clears ok[i] for peers it cannot reach.
-func (v *VXLAN) syncDevice(d *device, self subnet.Lease, peers []subnet.Lease, direct *backend.DirectRouter, ok []bool, stats *backend.Stats) ([]backend.Route, error) {
+func (v *VXLAN) syncDevice(d *device, self subnet.Lease, peers []subnet.Lease, direct *backend.DirectRouter, ok []bool, stats *backend.Stats, verify bool) ([]backend.Route, error) {
 	link, err := v.ensureDevice(d)
 	if err != nil {
 		for i := range ok {
@@ -323,7 +343,7 @@ func (v *VXLAN) syncDevice(d *device, self subnet.Lease, peers []subnet.Lease, d
 			continue
 		}
 		sn, public, data := d.peerSide(p)
-		mac := subnet.VtepMAC(data)
+		mac := v.vtepMAC(data)
 		if !sn.IsValid() || !public.IsValid() || mac == nil {
 			ok[i] = false
 			v.once.Warn(v.log, p.Key(), fmt.Sprintf("peer's lease has no %s subnet, address or VTEP MAC; cannot reach it over %s", familyName(d.v6), d.name))
@@ -341,10 +361,15 @@ func (v *VXLAN) syncDevice(d *device, self subnet.Lease, peers []subnet.Lease, d
 		routes = append(routes, backend.Route{Dst: sn, Gw: gw, LinkIndex: idx, OnLink: true})
 	}
 
-	neighs, fdbs, err := v.entries(d, idx)
-	if err != nil {
-		return routes, err
+	if verify || d.index != idx || d.neighs == nil {
+		neighs, fdbs, err := v.entries(d, idx)
+		if err != nil {
+			d.neighs = nil
+			return routes, err
+		}
+		d.index, d.neighs, d.fdbs = idx, neighs, fdbs
 	}
+	neighs, fdbs := d.neighs, d.fdbs
 	var errs []error
 	// Add before delete: new FDB and neighbour entries first, then the
 	// stale ones (their routes go when the caller syncs routes).
@@ -354,21 +379,40 @@ func (v *VXLAN) syncDevice(d *device, self subnet.Lease, peers []subnet.Lease, d
 		wantNeigh[e.gw] = e.mac
 		wantFDB[e.mac] = e.public
 		if fdbs[e.mac] != e.public {
-			errs = append(errs, v.setFDB(d, idx, e.mac, e.public))
+			if err := v.setFDB(d, idx, e.mac, e.public); err != nil {
+				errs = append(errs, err)
+			} else {
+				fdbs[e.mac] = e.public
+			}
 		}
 		if neighs[e.gw] != e.mac {
-			errs = append(errs, v.setNeigh(d, idx, e.gw, e.mac))
+			if err := v.setNeigh(d, idx, e.gw, e.mac); err != nil {
+				errs = append(errs, err)
+			} else {
+				neighs[e.gw] = e.mac
+			}
 		}
 	}
 	for ip, mac := range neighs {
 		if _, ok := wantNeigh[ip]; !ok {
-			errs = append(errs, v.delNeigh(d, idx, ip, mac))
+			if err := v.delNeigh(d, idx, ip, mac); err != nil {
+				errs = append(errs, err)
+			} else {
+				delete(neighs, ip)
+			}
 		}
 	}
 	for mac, dst := range fdbs {
 		if _, ok := wantFDB[mac]; !ok {
-			errs = append(errs, v.delFDB(d, idx, mac, dst))
+			if err := v.delFDB(d, idx, mac, dst); err != nil {
+				errs = append(errs, err)
+			} else {
+				delete(fdbs, mac)
+			}
 		}
+	}
+	if len(errs) > 0 {
+		d.neighs = nil // read the kernel again next time
 	}
 	return routes, errors.Join(errs...)
 }

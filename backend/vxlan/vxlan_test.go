@@ -58,7 +58,7 @@ var self = subnet.Lease{Subnet: netip.MustParsePrefix("100.96.1.0/24")}
 // sync runs the backend's Sync and installs its routes, as the daemon does.
 func sync(t *testing.T, v *VXLAN, peers []subnet.Lease) (backend.Stats, error) {
 	t.Helper()
-	routes, stats, err := v.Sync(context.Background(), self, peers)
+	routes, stats, err := v.Sync(context.Background(), self, peers, true)
 	if err != nil {
 		return stats, err
 	}
@@ -105,7 +105,7 @@ func TestSetupAndSyncProgramFlannelsScheme(t *testing.T) {
 	}
 	want := map[string][]string{
 		"addr show dev weft.1":     {"inet 100.96.1.0/32"},
-		"route show proto 87":      {"100.96.2.0/24 via 100.96.2.0 dev weft.1 onlink", "100.96.3.0/24 via 100.96.3.0 dev weft.1 onlink"},
+		"route show proto 87":      {"100.96.2.0/24 via 100.96.2.0 dev weft.1 metric", "100.96.3.0/24 via 100.96.3.0 dev weft.1 metric", "onlink"},
 		"neigh show dev weft.1":    {"100.96.2.0 lladdr 0e:00:00:00:00:02 PERMANENT", "100.96.3.0 lladdr 0e:00:00:00:00:03 PERMANENT"},
 		"route show 100.99.0.0/24": {"100.99.0.0/24 via 198.18.0.254 dev eth0 proto static"},
 	}

@@ -3,7 +3,6 @@ package daemon
 import (
 	"fmt"
 	"net/netip"
-	"sort"
 
 	"github.com/weft-net/weft/subnet"
 )
@@ -12,19 +11,24 @@ import (
 // whose subnet overlaps this node's subnet or the underlay (the external
 // interface's networks), or a subnet another lease already claims, is
 // refused, so no peer can route this node's pods away or hijack the
-// underlay. Leases are considered in key order, so every node refuses the
-// same one of two conflicting leases. refused maps a key to the reason.
+// underlay. Of two leases claiming one subnet the smaller key keeps it, so
+// every node refuses the same one. refused maps a key to the reason.
 func admit(all map[string]subnet.Lease, self subnet.Lease, underlay []netip.Prefix) (peers map[string]subnet.Lease, refused map[string]string) {
-	keys := make([]string, 0, len(all))
-	for k := range all {
-		keys = append(keys, k)
+	// The smallest key claiming a subnet keeps it: the same choice on every
+	// node, found in one pass without sorting.
+	owner := make(map[netip.Prefix]string, len(all))
+	for k, l := range all {
+		for _, sn := range []netip.Prefix{l.Subnet, l.IPv6Subnet} {
+			if sn.IsValid() {
+				if cur, ok := owner[sn]; !ok || k < cur {
+					owner[sn] = k
+				}
+			}
+		}
 	}
-	sort.Strings(keys)
 	peers = make(map[string]subnet.Lease, len(all))
 	refused = map[string]string{}
-	claimed := map[netip.Prefix]string{}
-	for _, k := range keys {
-		l := all[k]
+	for k, l := range all {
 		if k == self.Key() {
 			continue
 		}
@@ -43,18 +47,13 @@ func admit(all map[string]subnet.Lease, self subnet.Lease, underlay []netip.Pref
 					why = fmt.Sprintf("its subnet %s overlaps the underlay network %s", sn, u.Masked())
 				}
 			}
-			if other, ok := claimed[sn]; why == "" && ok {
+			if other := owner[sn]; why == "" && other != k {
 				why = fmt.Sprintf("its subnet %s is already leased by %s", sn, other)
 			}
 		}
 		if why != "" {
 			refused[k] = why
 			continue
-		}
-		for _, sn := range []netip.Prefix{l.Subnet, l.IPv6Subnet} {
-			if sn.IsValid() {
-				claimed[sn] = k
-			}
 		}
 		peers[k] = l
 	}

@@ -47,8 +47,9 @@ type backendSet struct {
 	primary string
 	active  map[string]*running
 	once    backend.LogOnce
-	// installRoutes makes weft's routes equal the given ones.
-	installRoutes func([]backend.Route) error
+	// installRoutes makes weft's routes equal the given ones; with verify
+	// it reads the kernel first.
+	installRoutes func(routes []backend.Route, verify bool) error
 }
 
 // running is one backend and the options it was made with.
@@ -60,8 +61,9 @@ type running struct {
 
 func newBackendSet(env backend.Env, log *logrus.Entry) *backendSet {
 	s := &backendSet{env: env, log: log, active: map[string]*running{}}
-	s.installRoutes = func(routes []backend.Route) error {
-		_, err := backend.SyncRoutes(env.Netlink, routes)
+	table := backend.NewRouteTable(env.Netlink)
+	s.installRoutes = func(routes []backend.Route, verify bool) error {
+		_, err := table.Sync(routes, verify)
 		return err
 	}
 	return s
@@ -130,7 +132,7 @@ func (s *backendSet) rebuild(ctx context.Context) (*running, error) {
 
 // sync programs every peer with the backend of its type, installs the
 // union of their routes, and tears down backends no longer needed.
-func (s *backendSet) sync(ctx context.Context, self subnet.Lease, peers map[string]subnet.Lease) (backend.Stats, error) {
+func (s *backendSet) sync(ctx context.Context, self subnet.Lease, peers map[string]subnet.Lease, verify bool) (backend.Stats, error) {
 	defer s.once.EndSync()
 	byType := map[string][]subnet.Lease{s.primary: nil}
 	for _, p := range peers {
@@ -159,7 +161,7 @@ func (s *backendSet) sync(ctx context.Context, self subnet.Lease, peers map[stri
 			}
 			s.log.WithFields(logrus.Fields{"backend": t, "peers": len(ps)}).Info("started a backend for peers that announce it")
 		}
-		rs, st, err := r.Sync(ctx, self, ps)
+		rs, st, err := r.Sync(ctx, self, ps, verify)
 		routes = append(routes, rs...)
 		total.Programmed += st.Programmed
 		total.Unreachable += st.Unreachable
@@ -169,7 +171,7 @@ func (s *backendSet) sync(ctx context.Context, self subnet.Lease, peers map[stri
 			errs = append(errs, fmt.Errorf("%s: %w", t, err))
 		}
 	}
-	if err := s.installRoutes(routes); err != nil {
+	if err := s.installRoutes(routes, verify); err != nil {
 		errs = append(errs, err)
 	}
 	for t, r := range s.active {

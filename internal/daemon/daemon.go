@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime/debug"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -286,6 +287,10 @@ func (d *daemon) run(ctx context.Context) error {
 	return g.Wait()
 }
 
+// kernelCheckDelay is how long after a kernel event the kernel is read
+// again to repair drift.
+const kernelCheckDelay = 500 * time.Millisecond
+
 // syncLoop owns the set of peers: it applies lease events, coalescing
 // bursts into one sync, and syncs again on kernel events and every
 // ResyncInterval to repair drift. It applies configuration changes (a
@@ -327,6 +332,11 @@ func (d *daemon) syncLoop(ctx context.Context, self subnet.Lease, events <-chan 
 		return ctx.Err()
 	}
 	isReady := false
+	// verify makes the next sync read the kernel rather than trust what weft
+	// last programmed: at first, periodically, on kernel events (drift) and
+	// after a failed sync. Lease events alone are diffed in memory.
+	verify := true
+	var verifySoon <-chan time.Time
 	ticker := time.NewTicker(d.cfg.ResyncInterval)
 	defer ticker.Stop()
 	for {
@@ -346,7 +356,8 @@ func (d *daemon) syncLoop(ctx context.Context, self subnet.Lease, events <-chan 
 			d.refreshInterface(ctx)
 		}
 		admitPeers()
-		err := d.sync(ctx, self, peers)
+		err := d.sync(ctx, self, peers, verify)
+		verify = err != nil
 		if !isReady && err == nil {
 			if err := ready(); err != nil {
 				return err
@@ -356,22 +367,40 @@ func (d *daemon) syncLoop(ctx context.Context, self subnet.Lease, events <-chan 
 		if err != nil {
 			log.WithError(err).Warn("sync incomplete; retrying")
 		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case batch := <-events:
-			apply(batch)
-		case <-kick:
-		case cfg := <-configs:
-			d.applyConfig(ctx, cfg)
-		case <-ticker.C:
+	wait:
+		for {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case batch := <-events:
+				apply(batch)
+				break wait
+			case <-kick:
+				// A kernel event (drift, the underlay changing, or weft's
+				// own deletions): verify soon, without delaying lease work
+				// that arrives meanwhile. Events share one check.
+				if verifySoon == nil {
+					verifySoon = time.After(kernelCheckDelay)
+				}
+			case <-verifySoon:
+				verifySoon = nil
+				verify = true
+				break wait
+			case cfg := <-configs:
+				d.applyConfig(ctx, cfg)
+				verify = true
+				break wait
+			case <-ticker.C:
+				verify = true
+				break wait
+			}
 		}
 	}
 }
 
-func (d *daemon) sync(ctx context.Context, self subnet.Lease, peers map[string]subnet.Lease) error {
+func (d *daemon) sync(ctx context.Context, self subnet.Lease, peers map[string]subnet.Lease, verify bool) error {
 	start := time.Now()
-	stats, err := d.backends.sync(ctx, self, peers)
+	stats, err := d.backends.sync(ctx, self, peers, verify)
 	elapsed := time.Since(start)
 	d.metrics.observeSync(elapsed, stats, err)
 	d.state.update(func(s *status.Status) {
@@ -406,6 +435,9 @@ func (d *daemon) finishStartup() error {
 	}
 	d.state.update(func(s *status.Status) { s.Ready, s.NotReady = true, "" })
 	d.metrics.ready.Set(1)
+	// Startup's garbage (two full listings, the first sync) is the most
+	// weftd ever holds; give it back rather than keep it resident.
+	debug.FreeOSMemory()
 	if err := notifySystemd("READY=1"); err != nil {
 		d.log.WithError(err).Warn("cannot notify systemd")
 	}

@@ -29,7 +29,7 @@ func (f *fakeBackend) Setup(context.Context) (backend.Published, error) {
 func (f *fakeBackend) MTU() int                       { return 1500 }
 func (f *fakeBackend) Teardown(context.Context) error { return nil }
 func (f *fakeBackend) Devices() []string              { return nil }
-func (f *fakeBackend) Sync(_ context.Context, _ subnet.Lease, peers []subnet.Lease) ([]backend.Route, backend.Stats, error) {
+func (f *fakeBackend) Sync(_ context.Context, _ subnet.Lease, peers []subnet.Lease, _ bool) ([]backend.Route, backend.Stats, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.syncs = append(f.syncs, append([]subnet.Lease(nil), peers...))
@@ -52,7 +52,7 @@ func lease(i int) subnet.Lease {
 func newTestDaemon(b backend.Backend) *daemon {
 	log := logrus.NewEntry(logrus.New())
 	set := newBackendSet(backend.Env{}, log)
-	set.installRoutes = func([]backend.Route) error { return nil }
+	set.installRoutes = func([]backend.Route, bool) error { return nil }
 	set.active["fake"] = &running{Backend: b, options: subnet.Backend{Type: "fake"}}
 	set.primary = "fake"
 	return &daemon{

@@ -51,6 +51,9 @@ type Options struct {
 	// IPv6 gives the underlay IPv6 addresses too (fd18::/64); use it with
 	// a NetConf that enables IPv6.
 	IPv6 bool
+	// ResyncInterval passes --resync-interval (default 2s, so that tests
+	// see drift repaired quickly; benchmarks use weftd's own default).
+	ResyncInterval time.Duration
 	// EtcdMembers is the size of the etcd cluster (default 1).
 	EtcdMembers int
 	// ConfigFiles gives every node its own net-conf.json file
@@ -414,7 +417,7 @@ func (c *Cluster) startWeftd(n *Node) (*process, error) {
 		"--node-name", n.Name,
 		"--subnet-file", n.SubnetFile,
 		"--healthz-addr", healthAddr,
-		"--resync-interval", "2s",
+		"--resync-interval", c.resyncInterval(),
 	}
 	if c.opts.IPMasq {
 		args = append(args, "--ip-masq")
@@ -671,4 +674,11 @@ func (c *Cluster) StartWeftdAsync(n *Node) error {
 	p, err := c.startWeftd(n)
 	n.weftd = p
 	return err
+}
+
+func (c *Cluster) resyncInterval() string {
+	if c.opts.ResyncInterval > 0 {
+		return c.opts.ResyncInterval.String()
+	}
+	return "2s"
 }
