@@ -272,7 +272,7 @@ func (d *daemon) run(ctx context.Context) error {
 	configs := make(chan *subnet.Config, 1)
 	g.Go(func() error { return d.watchConfig(ctx, configs) })
 	g.Go(func() error { d.claim.Keep(ctx); return ctx.Err() })
-	g.Go(func() error { return d.store.Watch(ctx, d.netCfg, events) })
+	g.Go(func() error { return d.store.WatchFrom(ctx, d.netCfg, events, d.claim.Listing()) })
 	g.Go(func() error { return d.watchKernel(ctx, kick) })
 	g.Go(func() error { return d.reportLease(ctx) })
 	g.Go(func() error {

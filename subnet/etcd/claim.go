@@ -44,6 +44,10 @@ type Claim struct {
 	store *Store
 	log   *logrus.Entry
 
+	// listing is the listing Acquire decided on; Watch can start from it
+	// instead of listing again.
+	listing *Listing
+
 	mu      sync.Mutex
 	lease   subnet.Lease     // guarded by mu
 	id      clientv3.LeaseID // guarded by mu
@@ -64,6 +68,9 @@ func (c *Claim) EtcdLease() clientv3.LeaseID {
 	defer c.mu.Unlock()
 	return c.id
 }
+
+// Listing returns every lease as Acquire saw them, for Store.WatchFrom.
+func (c *Claim) Listing() *Listing { return c.listing }
 
 // TTL returns how long the etcd lease has left as of its last renewal,
 // without asking etcd.
@@ -149,7 +156,7 @@ func (s *Store) Acquire(ctx context.Context, req AcquireRequest) (*Claim, error)
 				s.revokeIfEmpty(ctx, c.previous)
 			}
 			l.Attrs = req.Attrs
-			claim = &Claim{store: s, log: log, lease: l, id: id, expires: time.Now().Add(s.ttl)}
+			claim = &Claim{store: s, log: log, lease: l, id: id, expires: time.Now().Add(s.ttl), listing: listing}
 			log.WithFields(logrus.Fields{"subnet": l.Key(), "etcd_lease": fmt.Sprintf("%x", int64(id)), "ttl": s.ttl}).Info("acquired subnet")
 			return nil
 		}

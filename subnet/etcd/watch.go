@@ -22,7 +22,18 @@ import (
 // or does not fit cfg is logged once and treated as absent. Watch returns
 // ctx's error.
 func (s *Store) Watch(ctx context.Context, cfg *subnet.Config, out chan<- []subnet.Event) error {
+	return s.WatchFrom(ctx, cfg, out, nil)
+}
+
+// WatchFrom is Watch starting from a listing already made (Claim.Listing
+// after Acquire), which saves listing every lease again; nil lists.
+func (s *Store) WatchFrom(ctx context.Context, cfg *subnet.Config, out chan<- []subnet.Event, listing *Listing) error {
 	w := &watcher{store: s, cfg: cfg, out: out, known: map[string]subnet.Lease{}, bad: map[string]string{}}
+	if listing != nil {
+		if err := w.relisted(ctx, listing); err != nil {
+			return err
+		}
+	}
 	return w.run(ctx)
 }
 
