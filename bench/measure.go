@@ -11,9 +11,11 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/sys/unix"
 
 	"github.com/weft-net/weft/backend"
+	"github.com/weft-net/weft/internal/sandbox"
 )
 
 // coldResult is one cold start.
@@ -25,19 +27,12 @@ type coldResult struct {
 
 func coldStart(ctx context.Context, bin string, n int) (coldResult, error) {
 	res := coldResult{N: n}
-	c, err := cluster(ctx, bin, benchConf)
+	c, cli, err := populated(ctx, bin, n)
 	if err != nil {
 		return res, err
 	}
 	defer c.Down()
-	cli, err := c.EtcdClient()
-	if err != nil {
-		return res, err
-	}
 	defer cli.Close()
-	if err := putLeases(ctx, cli, 0, n); err != nil {
-		return res, err
-	}
 	node, err := c.PrepareNode(0)
 	if err != nil {
 		return res, err
@@ -80,6 +75,26 @@ func coldStart(ctx context.Context, bin string, n int) (coldResult, error) {
 	return res, err
 }
 
+// populated starts an empty cluster whose etcd holds n generated leases;
+// the caller stops the cluster and closes the client.
+func populated(ctx context.Context, bin string, n int) (*sandbox.Cluster, *clientv3.Client, error) {
+	c, err := cluster(ctx, bin, benchConf)
+	if err != nil {
+		return nil, nil, err
+	}
+	cli, err := c.EtcdClient()
+	if err != nil {
+		c.Down()
+		return nil, nil, err
+	}
+	if err := putLeases(ctx, cli, 0, n); err != nil {
+		cli.Close()
+		c.Down()
+		return nil, nil, err
+	}
+	return c, cli, nil
+}
+
 func rssMB(pid int) (float64, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
@@ -104,19 +119,12 @@ type burstResult struct {
 
 func burstAndLatency(ctx context.Context, bin string, n int) (burstResult, error) {
 	res := burstResult{N: n}
-	c, err := cluster(ctx, bin, benchConf)
+	c, cli, err := populated(ctx, bin, n)
 	if err != nil {
 		return res, err
 	}
 	defer c.Down()
-	cli, err := c.EtcdClient()
-	if err != nil {
-		return res, err
-	}
 	defer cli.Close()
-	if err := putLeases(ctx, cli, 0, n); err != nil {
-		return res, err
-	}
 	node, err := c.AddNode(ctx)
 	if err != nil {
 		return res, err

@@ -61,28 +61,7 @@ func Binary(t testing.TB, name string) string {
 		binPaths[name] = p
 		return p
 	}
-	root, err := moduleRoot()
-	if err != nil {
-		t.Fatalf("finding the module root: %v", err)
-	}
-	dir := filepath.Join(os.TempDir(), "weft-test-bin")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	lock, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lock.Close()
-	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
-		t.Fatal(err)
-	}
-	p := filepath.Join(dir, name)
-	cmd := exec.Command("go", "build", "-o", p, "./cmd/"+name)
-	cmd.Dir = root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("building %s: %v\n%s", name, err, out)
-	}
+	p := build(t, "weft-test-bin", name, "./cmd/"+name)
 	binPaths[name] = p
 	return p
 }
@@ -109,11 +88,21 @@ func ToolBinary(t testing.TB, pkg string) string {
 	if p, ok := binPaths[pkg]; ok {
 		return p
 	}
+	p := build(t, "weft-test-tools", filepath.Base(pkg), pkg)
+	binPaths[pkg] = p
+	return p
+}
+
+// build runs go build for pkg into os.TempDir()/dir/name, holding a file
+// lock there so that test processes running in parallel do not race.
+// The caller holds binMu.
+func build(t testing.TB, dir, name, pkg string) string {
+	t.Helper()
 	root, err := moduleRoot()
 	if err != nil {
 		t.Fatalf("finding the module root: %v", err)
 	}
-	dir := filepath.Join(os.TempDir(), "weft-test-tools")
+	dir = filepath.Join(os.TempDir(), dir)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -125,12 +114,11 @@ func ToolBinary(t testing.TB, pkg string) string {
 	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
 		t.Fatal(err)
 	}
-	p := filepath.Join(dir, filepath.Base(pkg))
+	p := filepath.Join(dir, name)
 	cmd := exec.Command("go", "build", "-o", p, pkg)
 	cmd.Dir = root
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("building %s: %v\n%s", pkg, err, out)
 	}
-	binPaths[pkg] = p
 	return p
 }
