@@ -9,6 +9,7 @@ import (
 	"github.com/sirupsen/logrus"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/connectivity"
 
 	"github.com/weft-net/weft/subnet"
 )
@@ -87,6 +88,7 @@ func (w *watcher) follow(ctx context.Context) error {
 	s := w.store
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
+	go s.cancelOnReconnect(wctx, cancel)
 	ch := s.cli.Watch(wctx, s.SubnetsPrefix(), clientv3.WithPrefix(), clientv3.WithRev(w.rev+1))
 	for resp := range ch {
 		if resp.CompactRevision != 0 {
@@ -235,6 +237,7 @@ func (s *Store) WatchConfig(ctx context.Context, out chan<- []byte) error {
 			return err
 		}
 		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+		go s.cancelOnReconnect(wctx, cancel)
 		for resp := range s.cli.Watch(wctx, s.ConfigKey(), clientv3.WithRev(rev+1)) {
 			if resp.Err() != nil {
 				break
@@ -254,6 +257,28 @@ func (s *Store) WatchConfig(ctx context.Context, out chan<- []byte) error {
 		}
 		if !b.wait(ctx) {
 			return ctx.Err()
+		}
+	}
+}
+
+// cancelOnReconnect calls cancel when the connection to etcd comes back
+// after it was lost, so that the caller starts its watch again from the
+// last revision it saw. The etcd client resumes watches by itself, but a
+// stream that went quiet across a long outage was seen never to deliver
+// again; restarting costs one request per reconnection and nothing in
+// steady state. It returns when ctx ends.
+func (s *Store) cancelOnReconnect(ctx context.Context, cancel context.CancelFunc) {
+	conn := s.cli.ActiveConnection()
+	state := conn.GetState()
+	lost := false
+	for conn.WaitForStateChange(ctx, state) {
+		state = conn.GetState()
+		switch {
+		case state != connectivity.Ready:
+			lost = true
+		case lost:
+			cancel()
+			return
 		}
 	}
 }

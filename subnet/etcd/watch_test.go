@@ -157,6 +157,11 @@ func TestWatchSurvivesEtcdRestart(t *testing.T) {
 	if _, ok := w.set["100.96.1.0-24"]; !ok {
 		t.Error("the lease from before the restart was lost")
 	}
+	// The watch was restarted from its last revision when the connection
+	// came back, not left to the client's own resume.
+	if s.WatchRestarts() == 0 {
+		t.Error("the watch was not restarted after etcd came back")
+	}
 }
 
 func TestWatchRelistsAfterCompaction(t *testing.T) {
