@@ -63,7 +63,7 @@ func dataPath(ctx context.Context, bin string) ([]pathResult, error) {
 			return nil, err
 		}
 		err = func() error {
-			defer c.Down()
+			defer release(c)
 			for range 2 {
 				n, err := c.AddNode(ctx)
 				if err != nil {

@@ -60,7 +60,7 @@ func etcdLoad(ctx context.Context, bin string) (etcdResult, error) {
 	if err != nil {
 		return res, err
 	}
-	defer c.Down()
+	defer release(c)
 	for range res.Nodes {
 		if _, err := c.AddNode(ctx); err != nil {
 			return res, err

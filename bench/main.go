@@ -104,6 +104,13 @@ func cluster(ctx context.Context, bin, conf string) (*sandbox.Cluster, error) {
 		ResyncInterval: 5 * time.Second}) // weftd's default
 }
 
+// release stops a cluster and removes its directory (logs, etcd data).
+func release(c *sandbox.Cluster) {
+	dir := c.State().Dir
+	c.Down()
+	os.RemoveAll(dir)
+}
+
 func machine() string {
 	cpu := "unknown CPU"
 	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {

@@ -31,7 +31,7 @@ func coldStart(ctx context.Context, bin string, n int) (coldResult, error) {
 	if err != nil {
 		return res, err
 	}
-	defer c.Down()
+	defer release(c)
 	defer cli.Close()
 	node, err := c.PrepareNode(0)
 	if err != nil {
@@ -84,12 +84,12 @@ func populated(ctx context.Context, bin string, n int) (*sandbox.Cluster, *clien
 	}
 	cli, err := c.EtcdClient()
 	if err != nil {
-		c.Down()
+		release(c)
 		return nil, nil, err
 	}
 	if err := putLeases(ctx, cli, 0, n); err != nil {
 		cli.Close()
-		c.Down()
+		release(c)
 		return nil, nil, err
 	}
 	return c, cli, nil
@@ -123,7 +123,7 @@ func burstAndLatency(ctx context.Context, bin string, n int) (burstResult, error
 	if err != nil {
 		return res, err
 	}
-	defer c.Down()
+	defer release(c)
 	defer cli.Close()
 	node, err := c.AddNode(ctx)
 	if err != nil {
