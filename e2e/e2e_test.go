@@ -90,6 +90,20 @@ func addPods(t *testing.T, c *sandbox.Cluster, perNode int) {
 	}
 }
 
+// addNodeWithPod adds a node and one pod on it; failing says what.
+func addNodeWithPod(t *testing.T, c *sandbox.Cluster, what string) *sandbox.Pod {
+	t.Helper()
+	n, err := c.AddNode(context.Background())
+	if err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+	p, err := c.AddPod(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
 // ping reports whether from reaches to within a few attempts.
 func ping(from *sandbox.Pod, to string, attempts int) error {
 	var out string
@@ -249,13 +263,7 @@ func TestNodeLeavesAndJoins(t *testing.T) {
 	}
 
 	// node-4 joins and is reachable from everyone.
-	n4, err := c.AddNode(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.AddPod(n4); err != nil {
-		t.Fatal(err)
-	}
+	addNodeWithPod(t, c, "node-4 joins")
 	requireMesh(t, c)
 }
 

@@ -43,13 +43,7 @@ func TestEtcdDownFor60Seconds(t *testing.T) {
 	if err := c.StartEtcd(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	n4, err := c.AddNode(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.AddPod(n4); err != nil {
-		t.Fatal(err)
-	}
+	addNodeWithPod(t, c, "a node joins after the outage")
 	requireMesh(t, c)
 	requireNoOutage(t, ps)
 	for _, n := range c.Nodes[:3] {
@@ -71,17 +65,10 @@ func TestEtcdClusterLosesAMemberThenQuorum(t *testing.T) {
 	addPods(t, c, 1)
 	requireMesh(t, c)
 	ps := pingAll(t, c)
-	first := append([]*sandbox.Node(nil), c.Nodes...)
 	ctx := context.Background()
 
 	c.StopEtcdMember(0) // the first endpoint every node lists
-	n4, err := c.AddNode(ctx)
-	if err != nil {
-		t.Fatalf("a node cannot join with one member down: %v", err)
-	}
-	if _, err := c.AddPod(n4); err != nil {
-		t.Fatal(err)
-	}
+	addNodeWithPod(t, c, "a node joins with one member down")
 	requireMesh(t, c)
 
 	c.StopEtcdMember(1) // quorum lost
@@ -91,16 +78,9 @@ func TestEtcdClusterLosesAMemberThenQuorum(t *testing.T) {
 	if err := c.StartEtcd(ctx); err != nil {
 		t.Fatal(err)
 	}
-	n5, err := c.AddNode(ctx)
-	if err != nil {
-		t.Fatalf("a node cannot join after quorum is back: %v", err)
-	}
-	if _, err := c.AddPod(n5); err != nil {
-		t.Fatal(err)
-	}
+	addNodeWithPod(t, c, "a node joins after quorum is back")
 	requireMesh(t, c)
 	requireNoOutage(t, ps)
-	_ = first
 }
 
 // TestEtcdPartitionOfOneNode: node-1 cannot reach etcd (nftables drop in
@@ -121,14 +101,8 @@ func TestEtcdPartitionOfOneNode(t *testing.T) {
 	nft("add", "chain", "inet", "partition", "in", "{ type filter hook input priority 0 ; }")
 	nft("add", "rule", "inet", "partition", "in", "ip", "saddr", sandbox.FabricIP.String(), "tcp", "sport", "2379", "drop")
 
-	n4, err := c.AddNode(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	p4, err := c.AddPod(n4)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p4 := addNodeWithPod(t, c, "node-4 joins during the partition")
+	n4 := p4.Node
 	if err := ping(c.Nodes[1].Pods[0], p4.IP.String(), 10); err != nil {
 		t.Errorf("node-2 cannot reach the new node: %v", err)
 	}

@@ -13,9 +13,6 @@ var ErrPoolExhausted = errors.New("subnet pool exhausted")
 
 func (p Pool) addrBits() int { return p.Network.Addr().BitLen() }
 
-// size is the number of addresses in one subnet.
-func (p Pool) size() u128 { return u128{lo: 1}.shl(uint(p.addrBits() - p.SubnetLen)) }
-
 // Count returns how many subnets lie between Min and Max, saturating at
 // math.MaxUint64 for enormous IPv6 pools.
 func (p Pool) Count() uint64 {

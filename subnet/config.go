@@ -78,14 +78,6 @@ func (c *Config) Pools() []Pool {
 	return pools
 }
 
-// Pool returns the pool of the family of addr's kind (IPv4 or IPv6).
-func (c *Config) Pool(ipv6 bool) Pool {
-	if ipv6 {
-		return c.IPv6
-	}
-	return c.IPv4
-}
-
 // ConfigError is a configuration rejected by ParseConfig. Its message names
 // the key, the value and what is allowed.
 type ConfigError struct {

@@ -29,10 +29,11 @@ var ErrNoKernelSupport = errors.New("this kernel has no IP-in-IP support (kernel
 
 // IPIP is the ipip backend.
 type IPIP struct {
-	env  backend.Env
-	cfg  subnet.Backend
-	log  *logrus.Entry
-	once backend.LogOnce
+	env   backend.Env
+	cfg   subnet.Backend
+	log   *logrus.Entry
+	once  backend.LogOnce
+	index int // weft.ipip's index as last read from the kernel; 0: read again
 }
 
 var _ backend.Backend = (*IPIP)(nil)
@@ -116,15 +117,19 @@ func (b *IPIP) ensureDevice() (netlink.Link, error) {
 }
 
 // Sync implements backend.Backend.
-func (b *IPIP) Sync(ctx context.Context, self subnet.Lease, peers []subnet.Lease, _ bool) ([]backend.Route, backend.Stats, error) {
+func (b *IPIP) Sync(ctx context.Context, self subnet.Lease, peers []subnet.Lease, verify bool) ([]backend.Route, backend.Stats, error) {
 	var stats backend.Stats
 	defer b.once.EndSync()
-	link, err := b.ensureDevice()
-	if err != nil {
-		return nil, stats, err
-	}
-	if err := backend.EnsureAddr(b.env.Netlink, link, netip.PrefixFrom(self.Subnet.Addr(), 32)); err != nil {
-		return nil, stats, err
+	if verify || b.index == 0 { // a deleted device is a kernel event, which verifies
+		b.index = 0
+		link, err := b.ensureDevice()
+		if err != nil {
+			return nil, stats, err
+		}
+		if err := backend.EnsureAddr(b.env.Netlink, link, netip.PrefixFrom(self.Subnet.Addr(), 32)); err != nil {
+			return nil, stats, err
+		}
+		b.index = link.Attrs().Index
 	}
 	direct := backend.NewDirectRouter(b.env, b.cfg.DirectRouting)
 	routes := make([]backend.Route, 0, len(peers))
@@ -143,7 +148,7 @@ func (b *IPIP) Sync(ctx context.Context, self subnet.Lease, peers []subnet.Lease
 			routes = append(routes, r)
 			stats.Direct++
 		} else {
-			routes = append(routes, backend.Route{Dst: p.Subnet, Gw: p.PublicIP, LinkIndex: link.Attrs().Index, OnLink: true})
+			routes = append(routes, backend.Route{Dst: p.Subnet, Gw: p.PublicIP, LinkIndex: b.index, OnLink: true})
 		}
 		stats.Programmed++
 	}

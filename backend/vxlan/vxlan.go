@@ -54,8 +54,9 @@ type device struct {
 	local    netip.Addr // underlay address packets are sent from
 	overhead int
 
-	// What the device holds as far as weft knows, valid while index is
-	// the device's: neighbour IP -> MAC, FDB MAC -> destination.
+	// The device's index and what it holds as far as weft knows (nil
+	// neighs: read the kernel next time): neighbour IP -> MAC, FDB MAC ->
+	// destination.
 	index  int
 	neighs map[netip.Addr]string
 	fdbs   map[string]netip.Addr
@@ -114,9 +115,6 @@ func (v *VXLAN) Devices() []string {
 	}
 	return names
 }
-
-// DeviceName is the IPv4 VXLAN device's name, weft.<VNI>.
-func (v *VXLAN) DeviceName() string { return "weft." + strconv.Itoa(v.cfg.VNI) }
 
 // MTU implements backend.Backend: the configured MTU, or the underlay's
 // minus the largest encapsulation overhead in use (so that pods fit both
@@ -316,24 +314,18 @@ func (v *VXLAN) vtepMAC(data []byte) net.HardwareAddr {
 // syncDevice programs one family's device and returns its routes. It
 // clears ok[i] for peers it cannot reach.
 func (v *VXLAN) syncDevice(d *device, self subnet.Lease, peers []subnet.Lease, direct *backend.DirectRouter, ok []bool, stats *backend.Stats, verify bool) ([]backend.Route, error) {
-	link, err := v.ensureDevice(d)
-	if err != nil {
-		for i := range ok {
-			ok[i] = false
-		}
-		return nil, err
-	}
-	idx := link.Attrs().Index
-	selfSubnet, _, _ := d.peerSide(&self)
-	bits := 32
-	if d.v6 {
-		bits = 128
-	}
-	if selfSubnet.IsValid() {
-		if err := backend.EnsureAddr(v.env.Netlink, link, netip.PrefixFrom(selfSubnet.Addr(), bits)); err != nil {
+	// The device, its address and its entries are read from the kernel on
+	// a verifying sync (and after a failure); otherwise the last reading
+	// stands (a deleted device is a kernel event, which schedules one).
+	if verify || d.neighs == nil {
+		if err := v.readDevice(d, self); err != nil {
+			for i := range ok {
+				ok[i] = false
+			}
 			return nil, err
 		}
 	}
+	idx := d.index
 
 	want := make([]peerEntry, 0, len(peers))
 	routes := make([]backend.Route, 0, len(peers))
@@ -361,14 +353,6 @@ func (v *VXLAN) syncDevice(d *device, self subnet.Lease, peers []subnet.Lease, d
 		routes = append(routes, backend.Route{Dst: sn, Gw: gw, LinkIndex: idx, OnLink: true})
 	}
 
-	if verify || d.index != idx || d.neighs == nil {
-		neighs, fdbs, err := v.entries(d, idx)
-		if err != nil {
-			d.neighs = nil
-			return routes, err
-		}
-		d.index, d.neighs, d.fdbs = idx, neighs, fdbs
-	}
 	neighs, fdbs := d.neighs, d.fdbs
 	var errs []error
 	// Add before delete: new FDB and neighbour entries first, then the
@@ -415,6 +399,33 @@ func (v *VXLAN) syncDevice(d *device, self subnet.Lease, peers []subnet.Lease, d
 		d.neighs = nil // read the kernel again next time
 	}
 	return routes, errors.Join(errs...)
+}
+
+// readDevice makes d's device exist with self's address and reads its
+// neighbour and FDB entries.
+func (v *VXLAN) readDevice(d *device, self subnet.Lease) error {
+	d.neighs = nil
+	link, err := v.ensureDevice(d)
+	if err != nil {
+		return err
+	}
+	idx := link.Attrs().Index
+	selfSubnet, _, _ := d.peerSide(&self)
+	bits := 32
+	if d.v6 {
+		bits = 128
+	}
+	if selfSubnet.IsValid() {
+		if err := backend.EnsureAddr(v.env.Netlink, link, netip.PrefixFrom(selfSubnet.Addr(), bits)); err != nil {
+			return err
+		}
+	}
+	neighs, fdbs, err := v.entries(d, idx)
+	if err != nil {
+		return err
+	}
+	d.index, d.neighs, d.fdbs = idx, neighs, fdbs
+	return nil
 }
 
 func familyName(v6 bool) string {

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"net"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -114,5 +113,4 @@ func TestEtcdWithUsernameAndPassword(t *testing.T) {
 	if strings.Contains(r.stdout+r.stderr, password) {
 		t.Errorf("help shows the password:\n%s", r.stdout)
 	}
-	_ = filepath.Join
 }

@@ -120,7 +120,7 @@ type daemon struct {
 // client with credentials authenticates when it is created) and saying so
 // every few seconds with the cause.
 func connect(ctx context.Context, cfg *Config, log *logrus.Entry) (*clientv3.Client, error) {
-	var last time.Time
+	waiting := etcdWaiter{log: log, cfg: cfg.Etcd}
 	for {
 		cli, err := etcd.NewClient(cfg.Etcd)
 		if err == nil {
@@ -129,22 +129,36 @@ func connect(ctx context.Context, cfg *Config, log *logrus.Entry) (*clientv3.Cli
 		if errors.Is(err, etcd.ErrClientConfig) {
 			return nil, &InvalidError{Err: err}
 		}
-		if time.Since(last) > 5*time.Second {
-			last = time.Now()
-			entry := log.WithField("endpoints", cfg.Etcd.Endpoints).WithError(err)
-			pctx, cancel := context.WithTimeout(ctx, time.Second)
-			if why := etcd.Probe(pctx, cfg.Etcd); why != nil {
-				entry = entry.WithField("cause", why.Error())
-			}
-			cancel()
-			entry.Warn("cannot connect to etcd; retrying")
-		}
+		waiting.say(ctx, err, "cannot connect to etcd; retrying")
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		case <-time.After(time.Second):
 		}
 	}
+}
+
+// etcdWaiter says, at most every few seconds, that weftd is waiting for
+// etcd: the endpoints, the error, and the cause etcd.Probe finds (the etcd
+// client itself often only reports a deadline).
+type etcdWaiter struct {
+	log  *logrus.Entry
+	cfg  etcd.ClientConfig
+	last time.Time
+}
+
+func (w *etcdWaiter) say(ctx context.Context, err error, msg string) {
+	if time.Since(w.last) < 5*time.Second {
+		return
+	}
+	w.last = time.Now()
+	entry := w.log.WithField("endpoints", w.cfg.Endpoints).WithError(err)
+	pctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	if why := etcd.Probe(pctx, w.cfg); why != nil {
+		entry = entry.WithField("cause", why.Error())
+	}
+	entry.Warn(msg)
 }
 
 // readNetConfig reads net-conf.json from --net-config-path or etcd. While
@@ -163,7 +177,7 @@ func (d *daemon) readNetConfig(ctx context.Context) (*subnet.Config, error) {
 			return nil, fmt.Errorf("%s: %w", d.cfg.NetConfigPath, err)
 		}
 	} else {
-		var last time.Time
+		waiting := etcdWaiter{log: log, cfg: d.cfg.Etcd}
 		for {
 			var err error
 			gctx, cancel := context.WithTimeout(ctx, 2*time.Second)
@@ -176,16 +190,7 @@ func (d *daemon) readNetConfig(ctx context.Context) (*subnet.Config, error) {
 			if err == nil {
 				break
 			}
-			if time.Since(last) > 5*time.Second {
-				last = time.Now()
-				entry := log.WithField("endpoints", d.store.Endpoints()).WithError(err)
-				pctx, cancel := context.WithTimeout(ctx, time.Second)
-				if why := etcd.Probe(pctx, d.cfg.Etcd); why != nil {
-					entry = entry.WithField("cause", why.Error())
-				}
-				cancel()
-				entry.Warn("waiting for the network configuration in etcd")
-			}
+			waiting.say(ctx, err, "waiting for the network configuration in etcd")
 			select {
 			case <-ctx.Done():
 				return nil, ctx.Err()
@@ -352,7 +357,8 @@ func (d *daemon) syncLoop(ctx context.Context, self subnet.Lease, events <-chan 
 		if d.pending != nil {
 			d.publish(ctx)
 		}
-		if d.ext != nil {
+		if d.ext != nil && verify {
+			// Link and address events schedule a verifying sync.
 			d.refreshInterface(ctx)
 		}
 		admitPeers()
