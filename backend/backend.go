@@ -24,15 +24,18 @@ const RouteProtocol = 87
 //
 // A node may run several backends at once: each peer is served by the
 // backend its lease names, so a cluster switching backends stays connected
-// (see internal/daemon). Routes therefore have one owner: Sync returns the
-// routes its peers need and the caller installs the union of all backends'
-// routes with SyncRoutes.
+// (see internal/daemon). Routes therefore have one owner: Sync and Update
+// return the routes their peers need and the caller installs the union of
+// all backends' routes.
 //
-// Setup may be called again after Teardown. Sync may be called repeatedly
-// with the same arguments; each call makes the backend's devices and
-// neighbour/FDB entries match them, changing only the difference, so it
-// also repairs drift. Backends are not safe for concurrent use: one
-// goroutine (the daemon's sync loop) calls them.
+// Sync reads the kernel and makes it hold exactly what the given peers
+// need; Update applies changes to the peers since the last Sync or Update,
+// trusting that the kernel still holds what the backend last programmed
+// (the caller calls Sync again when it may not: periodically, on kernel
+// events, after a failure). Sync may be called repeatedly with the same
+// peers; it changes only the difference, so it also repairs drift.
+// Backends are not safe for concurrent use: one goroutine (the daemon's
+// sync loop) calls them.
 type Backend interface {
 	// Type is the backend's name as it appears in leases ("vxlan").
 	Type() string
@@ -40,11 +43,15 @@ type Backend interface {
 	// node's lease must publish when this is the node's backend.
 	Setup(ctx context.Context) (Published, error)
 	// Sync programs self's device addresses and everything but routes for
-	// peers, and returns the routes they need. Peers of another type are
-	// counted as OtherType and left alone. Without verify a backend may
-	// diff against what it last programmed instead of reading the kernel;
-	// with verify it reads the kernel (and so repairs drift).
-	Sync(ctx context.Context, self subnet.Lease, peers []subnet.Lease, verify bool) ([]Route, Stats, error)
+	// peers (all of the backend's type), reading the kernel first, and
+	// returns the routes they need and each peer's state (states[i] is
+	// peers[i]'s).
+	Sync(ctx context.Context, self subnet.Lease, peers []*subnet.Lease) (routes []Route, states []PeerState, err error)
+	// Update programs what changed for each peer in changes and returns
+	// the routes to install and to delete, and the state of each changed
+	// peer's new lease (states[i] is changes[i].New's; unset where New is
+	// nil). Its cost is in proportion to len(changes).
+	Update(ctx context.Context, self subnet.Lease, changes []Change) (delta RouteDelta, states []PeerState, err error)
 	// Devices names the network devices the backend owns.
 	Devices() []string
 	// MTU is the MTU pods must use with this backend.
@@ -54,23 +61,64 @@ type Backend interface {
 	Teardown(ctx context.Context) error
 }
 
+// Change is one peer's lease before and after a change: Old is nil for a
+// peer that is new to the backend, New is nil for one that left it.
+type Change struct {
+	Old, New *subnet.Lease
+}
+
+// RouteDelta is what an Update changes in the routing table: routes to
+// install (or replace) and routes to delete.
+type RouteDelta struct {
+	Add, Del []Route
+}
+
+// PeerState is what a backend made of one peer.
+type PeerState uint8
+
+const (
+	// Unreachable peers cannot be served by the backend (host-gw: not on
+	// the same L2 segment; vxlan: no VTEP MAC).
+	Unreachable PeerState = iota
+	// Encapsulated peers are reachable through the backend's tunnel (or,
+	// for host-gw, a plain route).
+	Encapsulated
+	// Direct peers are reachable with a plain route although the backend
+	// tunnels (DirectRouting).
+	Direct
+	// OtherType peers announce a backend this node cannot run; no backend
+	// programs them.
+	OtherType
+	// NumPeerStates is the number of states, for counting them.
+	NumPeerStates
+)
+
 // Published is the backend's part of the node's lease.
 type Published struct {
 	Data, V6Data json.RawMessage
 }
 
-// Stats counts what a Sync did with the peers it was given.
+// Stats counts the peers by what the backends made of them.
 type Stats struct {
-	// Programmed peers are reachable through this backend.
+	// Programmed peers are reachable (Encapsulated or Direct).
 	Programmed int
 	// OtherType peers announced another backend type and were left alone.
 	OtherType int
-	// Unreachable peers cannot be served by this backend (host-gw: not on
-	// the same L2 segment; vxlan: no VTEP MAC).
+	// Unreachable peers cannot be served by their backend.
 	Unreachable int
 	// Direct counts the programmed peers a tunnel backend reaches with a
 	// plain route (DirectRouting); the rest of Programmed is encapsulated.
 	Direct int
+}
+
+// StatsOf turns counts of peer states into Stats.
+func StatsOf(counts [NumPeerStates]int) Stats {
+	return Stats{
+		Programmed:  counts[Encapsulated] + counts[Direct],
+		Direct:      counts[Direct],
+		Unreachable: counts[Unreachable],
+		OtherType:   counts[OtherType],
+	}
 }
 
 // ExternalInterface is the node's interface toward the other nodes.

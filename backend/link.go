@@ -54,3 +54,13 @@ func NeighList(h netlinksafe.Handle, linkIndex, family int) ([]netlink.Neigh, er
 	}
 	return nil, err
 }
+
+// NeighEach calls f with each of a device's neighbour (or, with
+// AF_BRIDGE, FDB) entries.
+func NeighEach(h netlinksafe.Handle, linkIndex, family int, f func(*netlink.Neigh)) error {
+	ns, err := NeighList(h, linkIndex, family)
+	for i := range ns {
+		f(&ns[i])
+	}
+	return err
+}

@@ -6,6 +6,7 @@ import (
 	"hash/fnv"
 	"net"
 	"net/netip"
+	"slices"
 	"syscall"
 
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
@@ -95,33 +96,81 @@ func DiffRoutes(want []Route, have map[netip.Prefix]Route) (add, del []Route) {
 	return add, del
 }
 
-// OwnedRoutes lists the routes in the main table that carry RouteProtocol,
-// in both address families, and deletes those with a stale metric.
-func OwnedRoutes(h netlinksafe.Handle) ([]Route, error) {
+// OwnedRoutes reads the routes in the main table that carry RouteProtocol,
+// in both address families, by destination, and deletes those with a stale
+// metric. It streams the kernel's dump rather than holding it.
+func OwnedRoutes(h netlinksafe.Handle) (map[netip.Prefix]Route, error) {
 	filter := &netlink.Route{Protocol: RouteProtocol, Table: 254}
-	nrs, err := h.RouteListFiltered(netlink.FAMILY_ALL, filter, netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
+	var have map[netip.Prefix]Route
+	var err error
+	for range 5 { // a dump the kernel interrupted is read again
+		have = map[netip.Prefix]Route{}
+		var stale []netlink.Route
+		err = h.RouteListFilteredIter(netlink.FAMILY_ALL, filter, netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE, func(nr netlink.Route) bool {
+			r, ok, isStale := fromNetlink(&nr)
+			switch {
+			case isStale:
+				stale = append(stale, nr)
+			case ok:
+				have[r.Dst] = r
+			}
+			return true
+		})
+		for i := range stale {
+			h.RouteDel(&stale[i]) // best effort; the next reading tries again
+		}
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			break
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("listing routes with protocol %d: %w", RouteProtocol, err)
 	}
-	routes := make([]Route, 0, len(nrs))
-	for i := range nrs {
-		r, ok, stale := fromNetlink(&nrs[i])
-		if stale {
-			h.RouteDel(&nrs[i]) // best effort; the next verify tries again
-			continue
-		}
-		if ok {
-			routes = append(routes, r)
-		}
-	}
-	return routes, nil
+	return have, nil
 }
 
 // SyncRoutes makes the routes weft owns equal want, reading the kernel
 // first: new and changed routes are installed, then the rest deleted. On
 // error it still applies what it can and returns the first error.
 func SyncRoutes(h netlinksafe.Handle, want []Route) (changed int, err error) {
-	return NewRouteTable(h).Sync(want, true)
+	have, err := OwnedRoutes(h)
+	if err != nil {
+		return 0, err
+	}
+	add, del := DiffRoutes(want, have)
+	return len(add) + len(del), ApplyRoutes(h, RouteDelta{Add: add, Del: del})
+}
+
+// ApplyRoutes installs d.Add, then deletes d.Del, except routes to a
+// destination d.Add has just replaced (a peer moving from one backend to
+// another). On error it still applies what it can and returns the first
+// error.
+func ApplyRoutes(h netlinksafe.Handle, d RouteDelta) error {
+	var first error
+	for _, r := range d.Add {
+		if e := h.RouteReplace(r.netlink()); e != nil {
+			first = firstErr(first, fmt.Errorf("adding route %s: %w", r, e))
+		}
+	}
+	replaced := func(dst netip.Prefix) bool {
+		return slices.ContainsFunc(d.Add, func(r Route) bool { return r.Dst == dst })
+	}
+	if len(d.Add) > 64 && len(d.Del) > 0 { // deltas are small but for mass backend switches
+		added := make(map[netip.Prefix]bool, len(d.Add))
+		for _, r := range d.Add {
+			added[r.Dst] = true
+		}
+		replaced = func(dst netip.Prefix) bool { return added[dst] }
+	}
+	for _, r := range d.Del {
+		if replaced(r.Dst) {
+			continue
+		}
+		if e := h.RouteDel(r.netlink()); e != nil && !errors.Is(e, syscall.ESRCH) {
+			first = firstErr(first, fmt.Errorf("deleting route %s: %w", r, e))
+		}
+	}
+	return first
 }
 
 func firstErr(first, err error) error {
@@ -144,55 +193,4 @@ func IPNetToPrefix(n *net.IPNet) (netip.Prefix, bool) {
 	}
 	ones, _ := n.Mask.Size()
 	return netip.PrefixFrom(addr.Unmap(), ones), true
-}
-
-// RouteTable installs weft's routes, remembering what it installed so that
-// a sync after a lease event costs a diff in memory and the changed routes
-// only; Sync with verify reads the kernel again (periodic resync, kernel
-// events), which also repairs drift. Not safe for concurrent use.
-type RouteTable struct {
-	h     netlinksafe.Handle
-	have  map[netip.Prefix]Route // what the kernel holds, as far as weft knows
-	known bool
-}
-
-// NewRouteTable returns a table for the namespace of h.
-func NewRouteTable(h netlinksafe.Handle) *RouteTable { return &RouteTable{h: h} }
-
-// Sync makes weft's routes equal want, adding before deleting.
-func (t *RouteTable) Sync(want []Route, verify bool) (changed int, err error) {
-	if verify || !t.known {
-		have, err := OwnedRoutes(t.h)
-		if err != nil {
-			t.known = false
-			return 0, err
-		}
-		t.have = make(map[netip.Prefix]Route, len(have))
-		for _, r := range have {
-			t.have[r.Dst] = r
-		}
-		t.known = true
-	}
-	add, del := DiffRoutes(want, t.have)
-	var first error
-	for _, r := range add {
-		if e := t.h.RouteReplace(r.netlink()); e != nil {
-			first = firstErr(first, fmt.Errorf("adding route %s: %w", r, e))
-			delete(t.have, r.Dst)
-			t.known = false
-			continue
-		}
-		t.have[r.Dst] = r
-		changed++
-	}
-	for _, r := range del {
-		if e := t.h.RouteDel(r.netlink()); e != nil && !errors.Is(e, syscall.ESRCH) {
-			first = firstErr(first, fmt.Errorf("deleting route %s: %w", r, e))
-			t.known = false
-			continue
-		}
-		delete(t.have, r.Dst)
-		changed++
-	}
-	return changed, first
 }

@@ -17,7 +17,8 @@ func (t EventType) String() string {
 	return "added"
 }
 
-// Event is a change to the set of leases, keyed by Lease.Key().
+// Event is a change to the set of leases, keyed by Lease.Key(). A Removed
+// event's Lease has only the subnets (the key).
 type Event struct {
 	Type  EventType
 	Lease Lease

@@ -34,6 +34,14 @@ type Attrs struct {
 	Node          string
 }
 
+// Equal reports whether l and o say the same.
+func (l *Lease) Equal(o *Lease) bool {
+	return l.Subnet == o.Subnet && l.IPv6Subnet == o.IPv6Subnet &&
+		l.PublicIP == o.PublicIP && l.PublicIPv6 == o.PublicIPv6 &&
+		l.BackendType == o.BackendType && l.Node == o.Node &&
+		bytes.Equal(l.BackendData, o.BackendData) && bytes.Equal(l.BackendV6Data, o.BackendV6Data)
+}
+
 // Key returns the lease's key below <prefix>/subnets/.
 func (l Lease) Key() string { return MakeKey(l.Subnet, l.IPv6Subnet) }
 

@@ -44,40 +44,54 @@ func (g *HostGW) Setup(context.Context) (backend.Published, error) {
 func (g *HostGW) Devices() []string { return nil }
 
 // Sync implements backend.Backend.
-func (g *HostGW) Sync(ctx context.Context, self subnet.Lease, peers []subnet.Lease, _ bool) ([]backend.Route, backend.Stats, error) {
-	var stats backend.Stats
+func (g *HostGW) Sync(_ context.Context, _ subnet.Lease, peers []*subnet.Lease) ([]backend.Route, []backend.PeerState, error) {
 	defer g.once.EndSync()
-	ext := g.env.Ext
 	routes := make([]backend.Route, 0, len(peers))
-	for i := range peers {
-		p := &peers[i]
-		if p.BackendType != subnet.BackendHostGW {
-			stats.OtherType++
-			g.once.Warn(g.log, p.Key(), fmt.Sprintf("peer runs backend %q; not programming it with host-gw", p.BackendType))
-			continue
+	states := make([]backend.PeerState, len(peers))
+	for i, p := range peers {
+		routes, states[i] = g.routes(routes, p, true)
+	}
+	return routes, states, nil
+}
+
+// Update implements backend.Backend: host-gw has only routes.
+func (g *HostGW) Update(_ context.Context, _ subnet.Lease, changes []backend.Change) (backend.RouteDelta, []backend.PeerState, error) {
+	var d backend.RouteDelta
+	states := make([]backend.PeerState, len(changes))
+	for i, c := range changes {
+		if c.New != nil {
+			d.Add, states[i] = g.routes(d.Add, c.New, true)
 		}
-		reachable := true
-		for _, fam := range []struct {
-			sn     netip.Prefix
-			public netip.Addr
-		}{{p.Subnet, p.PublicIP}, {p.IPv6Subnet, p.PublicIPv6}} {
-			if !fam.sn.IsValid() || !fam.public.IsValid() {
-				continue
-			}
-			if !ext.OnLink(fam.public) {
-				reachable = false
-				g.once.Warn(g.log, p.Key(), fmt.Sprintf("peer %s is not on the same L2 segment as %s; host-gw cannot reach it (use vxlan, or DirectRouting)", fam.public, ext.Name))
-				continue
-			}
-			routes = append(routes, backend.Route{Dst: fam.sn, Gw: fam.public, LinkIndex: ext.Index})
-		}
-		if reachable {
-			stats.Programmed++
-		} else {
-			stats.Unreachable++
+		if c.Old != nil {
+			d.Del, _ = g.routes(d.Del, c.Old, false)
 		}
 	}
-	return routes, stats, nil
+	return d, states, nil
+}
+
+// routes appends the routes to p's subnets via its public addresses and
+// returns p's state: unreachable if one of them is off this node's
+// segment (said once if warn).
+func (g *HostGW) routes(routes []backend.Route, p *subnet.Lease, warn bool) ([]backend.Route, backend.PeerState) {
+	ext := g.env.Ext
+	state := backend.Encapsulated
+	for _, fam := range [...]struct {
+		sn     netip.Prefix
+		public netip.Addr
+	}{{p.Subnet, p.PublicIP}, {p.IPv6Subnet, p.PublicIPv6}} {
+		if !fam.sn.IsValid() || !fam.public.IsValid() {
+			continue
+		}
+		if !ext.OnLink(fam.public) {
+			state = backend.Unreachable
+			if warn {
+				g.once.Warn(g.log, p.Key(), fmt.Sprintf("peer %s is not on the same L2 segment as %s; host-gw cannot reach it (use vxlan, or DirectRouting)", fam.public, ext.Name))
+			}
+			continue
+		}
+		routes = append(routes, backend.Route{Dst: fam.sn, Gw: fam.public, LinkIndex: ext.Index})
+	}
+	return routes, state
 }
 
 // Teardown implements backend.Backend; host-gw owns nothing but routes,

@@ -33,7 +33,9 @@ type IPIP struct {
 	cfg   subnet.Backend
 	log   *logrus.Entry
 	once  backend.LogOnce
-	index int // weft.ipip's index as last read from the kernel; 0: read again
+	index int // weft.ipip's index as the last Sync read it; 0: not read
+	// direct is the underlay's routing table as the last Sync read it.
+	direct *backend.DirectRouter
 }
 
 var _ backend.Backend = (*IPIP)(nil)
@@ -117,42 +119,53 @@ func (b *IPIP) ensureDevice() (netlink.Link, error) {
 }
 
 // Sync implements backend.Backend.
-func (b *IPIP) Sync(ctx context.Context, self subnet.Lease, peers []subnet.Lease, verify bool) ([]backend.Route, backend.Stats, error) {
-	var stats backend.Stats
+func (b *IPIP) Sync(_ context.Context, self subnet.Lease, peers []*subnet.Lease) ([]backend.Route, []backend.PeerState, error) {
 	defer b.once.EndSync()
-	if verify || b.index == 0 { // a deleted device is a kernel event, which verifies
-		b.index = 0
-		link, err := b.ensureDevice()
-		if err != nil {
-			return nil, stats, err
-		}
-		if err := backend.EnsureAddr(b.env.Netlink, link, netip.PrefixFrom(self.Subnet.Addr(), 32)); err != nil {
-			return nil, stats, err
-		}
-		b.index = link.Attrs().Index
+	states := make([]backend.PeerState, len(peers))
+	b.index = 0
+	link, err := b.ensureDevice()
+	if err != nil {
+		return nil, states, err
 	}
-	direct := backend.NewDirectRouter(b.env, b.cfg.DirectRouting)
+	if err := backend.EnsureAddr(b.env.Netlink, link, netip.PrefixFrom(self.Subnet.Addr(), 32)); err != nil {
+		return nil, states, err
+	}
+	b.index = link.Attrs().Index
+	b.direct = backend.NewDirectRouter(b.env, b.cfg.DirectRouting) // the underlay as it is now
 	routes := make([]backend.Route, 0, len(peers))
-	for i := range peers {
-		p := &peers[i]
-		if p.BackendType != subnet.BackendIPIP {
-			stats.OtherType++
-			b.once.Warn(b.log, p.Key(), fmt.Sprintf("peer runs backend %q; not programming it with ipip", p.BackendType))
-			continue
-		}
-		if !p.Subnet.IsValid() || !p.PublicIP.IsValid() {
-			stats.Unreachable++
-			continue
-		}
-		if r, ok := direct.Route(p.Subnet, p.PublicIP); ok {
-			routes = append(routes, r)
-			stats.Direct++
-		} else {
-			routes = append(routes, backend.Route{Dst: p.Subnet, Gw: p.PublicIP, LinkIndex: b.index, OnLink: true})
-		}
-		stats.Programmed++
+	for i, p := range peers {
+		routes, states[i] = b.route(routes, p)
 	}
-	return routes, stats, nil
+	return routes, states, nil
+}
+
+// Update implements backend.Backend: ipip has only routes.
+func (b *IPIP) Update(_ context.Context, _ subnet.Lease, changes []backend.Change) (backend.RouteDelta, []backend.PeerState, error) {
+	var d backend.RouteDelta
+	states := make([]backend.PeerState, len(changes))
+	if b.index == 0 || b.direct == nil {
+		return d, states, fmt.Errorf("%s has not been read yet; a full sync is needed", DeviceName)
+	}
+	for i, c := range changes {
+		if c.New != nil {
+			d.Add, states[i] = b.route(d.Add, c.New)
+		}
+		if c.Old != nil {
+			d.Del, _ = b.route(d.Del, c.Old)
+		}
+	}
+	return d, states, nil
+}
+
+// route appends the route to p's subnet and returns p's state.
+func (b *IPIP) route(routes []backend.Route, p *subnet.Lease) ([]backend.Route, backend.PeerState) {
+	if !p.Subnet.IsValid() || !p.PublicIP.IsValid() {
+		return routes, backend.Unreachable
+	}
+	if r, ok := b.direct.Route(p.Subnet, p.PublicIP); ok {
+		return append(routes, r), backend.Direct
+	}
+	return append(routes, backend.Route{Dst: p.Subnet, Gw: p.PublicIP, LinkIndex: b.index, OnLink: true}), backend.Encapsulated
 }
 
 // Teardown implements backend.Backend.

@@ -41,7 +41,8 @@ type VXLAN struct {
 	devs []*device // one per enabled address family, IPv4 first
 	log  *logrus.Entry
 	once backend.LogOnce
-	macs map[string]net.HardwareAddr // parsed VtepMACs by backend data
+	// direct is the underlay's routing table as the last Sync read it.
+	direct *backend.DirectRouter
 }
 
 var _ backend.Backend = (*VXLAN)(nil)
@@ -54,12 +55,10 @@ type device struct {
 	local    netip.Addr // underlay address packets are sent from
 	overhead int
 
-	// The device's index and what it holds as far as weft knows (nil
-	// neighs: read the kernel next time): neighbour IP -> MAC, FDB MAC ->
-	// destination.
-	index  int
-	neighs map[netip.Addr]string
-	fdbs   map[string]netip.Addr
+	// The device's index as the last Sync read it (0: not read), and how
+	// many peers use each FDB entry (peers may share a VTEP MAC).
+	index    int
+	fdbUsers map[mac]int32
 }
 
 func (d *device) family() int {
@@ -259,155 +258,210 @@ func incompatible(link netlink.Link, want *netlink.Vxlan) string {
 	return ""
 }
 
-// peerEntry is what one peer needs on a device.
-type peerEntry struct {
-	gw     netip.Addr // peer subnet's network address, the next hop on the device
-	mac    string
+// mac is a VTEP MAC address, comparable and allocation-free.
+type mac [6]byte
+
+func (m mac) hw() net.HardwareAddr { return net.HardwareAddr(m[:]) }
+func (m mac) String() string       { return m.hw().String() }
+
+// entry is what one peer needs on a device: with direct a plain route to
+// its subnet via its public address, otherwise a route via gw (its
+// subnet's network address) onlink, a neighbour entry gw lladdr mac and an
+// FDB entry mac dst public.
+type entry struct {
+	sn     netip.Prefix
 	public netip.Addr
+	mac    mac
+	direct bool
 }
 
-// Sync implements backend.Backend.
-func (v *VXLAN) Sync(ctx context.Context, self subnet.Lease, peers []subnet.Lease, verify bool) ([]backend.Route, backend.Stats, error) {
-	var stats backend.Stats
+func (e *entry) gw() netip.Addr { return e.sn.Addr() }
+
+// entry says what p needs on d; ok is false when p's lease lacks what d
+// needs (said once if warn).
+func (v *VXLAN) entry(d *device, p *subnet.Lease, warn bool) (e entry, ok bool) {
+	sn, public, data := d.peerSide(p)
+	hw := subnet.VtepMAC(data)
+	if !sn.IsValid() || !public.IsValid() || len(hw) != len(e.mac) {
+		if warn {
+			v.once.Warn(v.log, p.Key(), fmt.Sprintf("peer's lease has no %s subnet, address or VTEP MAC; cannot reach it over %s", familyName(d.v6), d.name))
+		}
+		return entry{}, false
+	}
+	e = entry{sn: sn, public: public}
+	copy(e.mac[:], hw)
+	_, e.direct = v.direct.Route(sn, public)
+	return e, true
+}
+
+// route is the route e needs.
+func (v *VXLAN) route(d *device, e *entry) backend.Route {
+	if e.direct {
+		r, _ := v.direct.Route(e.sn, e.public)
+		return r
+	}
+	return backend.Route{Dst: e.sn, Gw: e.gw(), LinkIndex: d.index, OnLink: true}
+}
+
+// state folds what device number i made of a peer into its state: a peer
+// is reachable if every family is, and counted direct by its first family.
+func state(st *backend.PeerState, i int, e *entry, ok bool) {
+	switch {
+	case !ok:
+		*st = backend.Unreachable
+	case i == 0 && e.direct && *st != backend.Unreachable:
+		*st = backend.Direct
+	}
+}
+
+// Sync implements backend.Backend: it reads each device's neighbour and
+// FDB entries and makes them match peers.
+func (v *VXLAN) Sync(_ context.Context, self subnet.Lease, peers []*subnet.Lease) ([]backend.Route, []backend.PeerState, error) {
 	defer v.once.EndSync()
-	direct := backend.NewDirectRouter(v.env, v.cfg.DirectRouting)
+	v.direct = backend.NewDirectRouter(v.env, v.cfg.DirectRouting) // the underlay as it is now
+	states := make([]backend.PeerState, len(peers))
+	for i := range states {
+		states[i] = backend.Encapsulated
+	}
 	var routes []backend.Route
 	var errs []error
-	ok := make([]bool, len(peers)) // a peer counts as programmed if every family is
-	for i := range ok {
-		ok[i] = true
-	}
-	if v.macs == nil || len(v.macs) > 2*len(peers)+64 {
-		v.macs = make(map[string]net.HardwareAddr, len(peers)) // drop departed peers' entries
-	}
-	for _, d := range v.devs {
-		rs, err := v.syncDevice(d, self, peers, direct, ok, &stats, verify)
+	for i, d := range v.devs {
+		rs, err := v.syncDevice(d, i, self, peers, states)
 		routes = append(routes, rs...)
 		if err != nil {
 			errs = append(errs, err)
 		}
 	}
-	for i := range peers {
-		switch {
-		case peers[i].BackendType != subnet.BackendVXLAN:
-			stats.OtherType++
-			v.once.Warn(v.log, peers[i].Key(), fmt.Sprintf("peer runs backend %q; not programming it with vxlan", peers[i].BackendType))
-		case ok[i]:
-			stats.Programmed++
-		default:
-			stats.Unreachable++
-		}
-	}
-	return routes, stats, errors.Join(errs...)
+	return routes, states, errors.Join(errs...)
 }
 
-// vtepMAC parses a peer's VtepMAC once per distinct backend data.
-func (v *VXLAN) vtepMAC(data []byte) net.HardwareAddr {
-	if mac, ok := v.macs[string(data)]; ok {
-		return mac
-	}
-	mac := subnet.VtepMAC(data)
-	v.macs[string(data)] = mac
-	return mac
-}
-
-// syncDevice programs one family's device and returns its routes. It
-// clears ok[i] for peers it cannot reach.
-func (v *VXLAN) syncDevice(d *device, self subnet.Lease, peers []subnet.Lease, direct *backend.DirectRouter, ok []bool, stats *backend.Stats, verify bool) ([]backend.Route, error) {
-	// The device, its address and its entries are read from the kernel on
-	// a verifying sync (and after a failure); otherwise the last reading
-	// stands (a deleted device is a kernel event, which schedules one).
-	if verify || d.neighs == nil {
-		if err := v.readDevice(d, self); err != nil {
-			for i := range ok {
-				ok[i] = false
-			}
-			return nil, err
+// syncDevice makes device number i, its address and its entries match
+// peers and returns their routes through it.
+func (v *VXLAN) syncDevice(d *device, i int, self subnet.Lease, peers []*subnet.Lease, states []backend.PeerState) ([]backend.Route, error) {
+	haveNeigh, haveFDB, err := v.readDevice(d, self)
+	if err != nil {
+		for j := range states {
+			states[j] = backend.Unreachable
 		}
+		return nil, err
 	}
-	idx := d.index
-
-	want := make([]peerEntry, 0, len(peers))
 	routes := make([]backend.Route, 0, len(peers))
-	for i := range peers {
-		p := &peers[i]
-		if p.BackendType != subnet.BackendVXLAN {
+	wantNeigh := make(map[netip.Addr]mac, len(peers))
+	d.fdbUsers = make(map[mac]int32, len(peers))
+	var errs errList
+	for j, p := range peers {
+		e, ok := v.entry(d, p, true)
+		state(&states[j], i, &e, ok)
+		if !ok {
 			continue
 		}
-		sn, public, data := d.peerSide(p)
-		mac := v.vtepMAC(data)
-		if !sn.IsValid() || !public.IsValid() || mac == nil {
-			ok[i] = false
-			v.once.Warn(v.log, p.Key(), fmt.Sprintf("peer's lease has no %s subnet, address or VTEP MAC; cannot reach it over %s", familyName(d.v6), d.name))
+		routes = append(routes, v.route(d, &e))
+		if e.direct {
 			continue
 		}
-		if r, isDirect := direct.Route(sn, public); isDirect {
-			routes = append(routes, r)
-			if !d.v6 || !self.Subnet.IsValid() { // count each peer once
-				stats.Direct++
-			}
-			continue
+		wantNeigh[e.gw()] = e.mac
+		d.fdbUsers[e.mac]++
+		// Add before delete: new FDB and neighbour entries first, then
+		// the stale ones (their routes go when the caller syncs routes).
+		if dst, ok := haveFDB[e.mac]; !ok || dst != e.public {
+			errs.add(v.setFDB(d, e.mac, e.public))
+			haveFDB[e.mac] = e.public
 		}
-		gw := sn.Addr()
-		want = append(want, peerEntry{gw: gw, mac: mac.String(), public: public})
-		routes = append(routes, backend.Route{Dst: sn, Gw: gw, LinkIndex: idx, OnLink: true})
-	}
-
-	neighs, fdbs := d.neighs, d.fdbs
-	var errs []error
-	// Add before delete: new FDB and neighbour entries first, then the
-	// stale ones (their routes go when the caller syncs routes).
-	wantNeigh := make(map[netip.Addr]string, len(want))
-	wantFDB := make(map[string]netip.Addr, len(want))
-	for _, e := range want {
-		wantNeigh[e.gw] = e.mac
-		wantFDB[e.mac] = e.public
-		if fdbs[e.mac] != e.public {
-			if err := v.setFDB(d, idx, e.mac, e.public); err != nil {
-				errs = append(errs, err)
-			} else {
-				fdbs[e.mac] = e.public
-			}
-		}
-		if neighs[e.gw] != e.mac {
-			if err := v.setNeigh(d, idx, e.gw, e.mac); err != nil {
-				errs = append(errs, err)
-			} else {
-				neighs[e.gw] = e.mac
-			}
+		if m, ok := haveNeigh[e.gw()]; !ok || m != e.mac {
+			errs.add(v.setNeigh(d, e.gw(), e.mac))
 		}
 	}
-	for ip, mac := range neighs {
+	for ip, m := range haveNeigh {
 		if _, ok := wantNeigh[ip]; !ok {
-			if err := v.delNeigh(d, idx, ip, mac); err != nil {
-				errs = append(errs, err)
-			} else {
-				delete(neighs, ip)
-			}
+			errs.add(v.delNeigh(d, ip, m))
 		}
 	}
-	for mac, dst := range fdbs {
-		if _, ok := wantFDB[mac]; !ok {
-			if err := v.delFDB(d, idx, mac, dst); err != nil {
-				errs = append(errs, err)
-			} else {
-				delete(fdbs, mac)
-			}
+	for m, dst := range haveFDB {
+		if d.fdbUsers[m] == 0 {
+			errs.add(v.delFDB(d, m, dst))
 		}
 	}
-	if len(errs) > 0 {
-		d.neighs = nil // read the kernel again next time
-	}
-	return routes, errors.Join(errs...)
+	return routes, errs.join()
 }
+
+// Update implements backend.Backend: it sets the entries of new and
+// changed peers and deletes those of departed ones, from what their leases
+// say, without reading the kernel.
+func (v *VXLAN) Update(_ context.Context, _ subnet.Lease, changes []backend.Change) (backend.RouteDelta, []backend.PeerState, error) {
+	var delta backend.RouteDelta
+	states := make([]backend.PeerState, len(changes))
+	for i := range states {
+		states[i] = backend.Encapsulated
+	}
+	if v.direct == nil {
+		v.direct = backend.NewDirectRouter(v.env, v.cfg.DirectRouting)
+	}
+	var errs errList
+	for i, d := range v.devs {
+		if d.index == 0 || d.fdbUsers == nil {
+			return delta, states, fmt.Errorf("%s has not been read yet; a full sync is needed", d.name)
+		}
+		for j, c := range changes {
+			var old, cur entry
+			var oldOK, curOK bool
+			if c.Old != nil {
+				old, oldOK = v.entry(d, c.Old, false)
+			}
+			if c.New != nil {
+				cur, curOK = v.entry(d, c.New, true)
+				state(&states[j], i, &cur, curOK)
+			}
+			if curOK {
+				delta.Add = append(delta.Add, v.route(d, &cur))
+				if !cur.direct {
+					d.fdbUsers[cur.mac]++
+					if !oldOK || old.direct || old.mac != cur.mac || old.public != cur.public {
+						errs.add(v.setFDB(d, cur.mac, cur.public))
+					}
+					if !oldOK || old.direct || old.mac != cur.mac {
+						errs.add(v.setNeigh(d, cur.gw(), cur.mac))
+					}
+				}
+			}
+			if !oldOK {
+				continue
+			}
+			if !curOK {
+				delta.Del = append(delta.Del, v.route(d, &old))
+			}
+			if old.direct {
+				continue
+			}
+			if d.fdbUsers[old.mac]--; d.fdbUsers[old.mac] <= 0 {
+				delete(d.fdbUsers, old.mac)
+				errs.add(v.delFDB(d, old.mac, old.public))
+			}
+			if !curOK || cur.direct {
+				errs.add(v.delNeigh(d, old.gw(), old.mac))
+			}
+		}
+	}
+	return delta, states, errs.join()
+}
+
+// errList collects the errors of many netlink calls, most of them nil.
+type errList []error
+
+func (l *errList) add(err error) {
+	if err != nil {
+		*l = append(*l, err)
+	}
+}
+
+func (l errList) join() error { return errors.Join(l...) }
 
 // readDevice makes d's device exist with self's address and reads its
 // neighbour and FDB entries.
-func (v *VXLAN) readDevice(d *device, self subnet.Lease) error {
-	d.neighs = nil
+func (v *VXLAN) readDevice(d *device, self subnet.Lease) (map[netip.Addr]mac, map[mac]netip.Addr, error) {
+	d.index = 0
 	link, err := v.ensureDevice(d)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	idx := link.Attrs().Index
 	selfSubnet, _, _ := d.peerSide(&self)
@@ -417,15 +471,15 @@ func (v *VXLAN) readDevice(d *device, self subnet.Lease) error {
 	}
 	if selfSubnet.IsValid() {
 		if err := backend.EnsureAddr(v.env.Netlink, link, netip.PrefixFrom(selfSubnet.Addr(), bits)); err != nil {
-			return err
+			return nil, nil, err
 		}
 	}
 	neighs, fdbs, err := v.entries(d, idx)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
-	d.index, d.neighs, d.fdbs = idx, neighs, fdbs
-	return nil
+	d.index = idx
+	return neighs, fdbs, nil
 }
 
 func familyName(v6 bool) string {
@@ -437,64 +491,59 @@ func familyName(v6 bool) string {
 
 // entries lists the permanent neighbour (IP -> MAC) and FDB (MAC -> dst)
 // entries on the device; all of them are weft's.
-func (v *VXLAN) entries(d *device, idx int) (map[netip.Addr]string, map[string]netip.Addr, error) {
+func (v *VXLAN) entries(d *device, idx int) (map[netip.Addr]mac, map[mac]netip.Addr, error) {
 	h := v.env.Netlink
-	ns, err := backend.NeighList(h, idx, d.family())
+	neighs := map[netip.Addr]mac{}
+	err := backend.NeighEach(h, idx, d.family(), func(n *netlink.Neigh) {
+		ip, ok := netip.AddrFromSlice(n.IP)
+		if ok && n.State&netlink.NUD_PERMANENT != 0 && len(n.HardwareAddr) == 6 {
+			neighs[ip.Unmap()] = mac(n.HardwareAddr)
+		}
+	})
 	if err != nil {
 		return nil, nil, fmt.Errorf("listing neighbours on %s: %w", d.name, err)
 	}
-	neighs := make(map[netip.Addr]string, len(ns))
-	for _, n := range ns {
-		if ip, ok := netip.AddrFromSlice(n.IP); ok && n.State&netlink.NUD_PERMANENT != 0 {
-			neighs[ip.Unmap()] = n.HardwareAddr.String()
+	fdbs := map[mac]netip.Addr{}
+	err = backend.NeighEach(h, idx, syscall.AF_BRIDGE, func(f *netlink.Neigh) {
+		ip, ok := netip.AddrFromSlice(f.IP)
+		if ok && f.LinkIndex == idx && f.State&netlink.NUD_PERMANENT != 0 && !ip.IsUnspecified() && len(f.HardwareAddr) == 6 {
+			fdbs[mac(f.HardwareAddr)] = ip.Unmap()
 		}
-	}
-	fs, err := backend.NeighList(h, idx, syscall.AF_BRIDGE)
+	})
 	if err != nil {
 		return nil, nil, fmt.Errorf("listing FDB entries on %s: %w", d.name, err)
-	}
-	fdbs := make(map[string]netip.Addr, len(fs))
-	for _, f := range fs {
-		ip, ok := netip.AddrFromSlice(f.IP)
-		if ok && f.LinkIndex == idx && f.State&netlink.NUD_PERMANENT != 0 && !ip.IsUnspecified() {
-			fdbs[f.HardwareAddr.String()] = ip.Unmap()
-		}
 	}
 	return neighs, fdbs, nil
 }
 
-func (v *VXLAN) setNeigh(d *device, idx int, ip netip.Addr, mac string) error {
-	hw, _ := net.ParseMAC(mac)
-	n := &netlink.Neigh{LinkIndex: idx, Family: d.family(), State: netlink.NUD_PERMANENT, Type: syscall.RTN_UNICAST, IP: ip.AsSlice(), HardwareAddr: hw}
+func (v *VXLAN) setNeigh(d *device, ip netip.Addr, m mac) error {
+	n := &netlink.Neigh{LinkIndex: d.index, Family: d.family(), State: netlink.NUD_PERMANENT, Type: syscall.RTN_UNICAST, IP: ip.AsSlice(), HardwareAddr: m.hw()}
 	if err := v.env.Netlink.NeighSet(n); err != nil {
-		return fmt.Errorf("adding neighbour %s lladdr %s dev %s: %w", ip, mac, d.name, err)
+		return fmt.Errorf("adding neighbour %s lladdr %s dev %s: %w", ip, m, d.name, err)
 	}
 	return nil
 }
 
-func (v *VXLAN) delNeigh(d *device, idx int, ip netip.Addr, mac string) error {
-	hw, _ := net.ParseMAC(mac)
-	n := &netlink.Neigh{LinkIndex: idx, Family: d.family(), IP: ip.AsSlice(), HardwareAddr: hw}
+func (v *VXLAN) delNeigh(d *device, ip netip.Addr, m mac) error {
+	n := &netlink.Neigh{LinkIndex: d.index, Family: d.family(), IP: ip.AsSlice(), HardwareAddr: m.hw()}
 	if err := v.env.Netlink.NeighDel(n); err != nil && !errors.Is(err, syscall.ENOENT) {
 		return fmt.Errorf("deleting neighbour %s dev %s: %w", ip, d.name, err)
 	}
 	return nil
 }
 
-func (v *VXLAN) setFDB(d *device, idx int, mac string, dst netip.Addr) error {
-	hw, _ := net.ParseMAC(mac)
-	n := &netlink.Neigh{LinkIndex: idx, Family: syscall.AF_BRIDGE, Flags: netlink.NTF_SELF, State: netlink.NUD_PERMANENT, IP: dst.AsSlice(), HardwareAddr: hw}
+func (v *VXLAN) setFDB(d *device, m mac, dst netip.Addr) error {
+	n := &netlink.Neigh{LinkIndex: d.index, Family: syscall.AF_BRIDGE, Flags: netlink.NTF_SELF, State: netlink.NUD_PERMANENT, IP: dst.AsSlice(), HardwareAddr: m.hw()}
 	if err := v.env.Netlink.NeighSet(n); err != nil {
-		return fmt.Errorf("adding fdb %s dst %s dev %s: %w", mac, dst, d.name, err)
+		return fmt.Errorf("adding fdb %s dst %s dev %s: %w", m, dst, d.name, err)
 	}
 	return nil
 }
 
-func (v *VXLAN) delFDB(d *device, idx int, mac string, dst netip.Addr) error {
-	hw, _ := net.ParseMAC(mac)
-	n := &netlink.Neigh{LinkIndex: idx, Family: syscall.AF_BRIDGE, Flags: netlink.NTF_SELF, IP: dst.AsSlice(), HardwareAddr: hw}
+func (v *VXLAN) delFDB(d *device, m mac, dst netip.Addr) error {
+	n := &netlink.Neigh{LinkIndex: d.index, Family: syscall.AF_BRIDGE, Flags: netlink.NTF_SELF, IP: dst.AsSlice(), HardwareAddr: m.hw()}
 	if err := v.env.Netlink.NeighDel(n); err != nil && !errors.Is(err, syscall.ENOENT) {
-		return fmt.Errorf("deleting fdb %s dst %s dev %s: %w", mac, dst, d.name, err)
+		return fmt.Errorf("deleting fdb %s dst %s dev %s: %w", m, dst, d.name, err)
 	}
 	return nil
 }

@@ -42,8 +42,8 @@ func newVXLAN(t *testing.T, n *testenv.NetNS, ext *backend.ExternalInterface, co
 	return v
 }
 
-func peer(n int, mac string) subnet.Lease {
-	return subnet.Lease{
+func peer(n int, mac string) *subnet.Lease {
+	return &subnet.Lease{
 		Subnet: netip.MustParsePrefix(fmt.Sprintf("100.96.%d.0/24", n)),
 		Attrs: subnet.Attrs{
 			PublicIP:    netip.MustParseAddr(fmt.Sprintf("198.18.0.%d", n)),
@@ -55,15 +55,41 @@ func peer(n int, mac string) subnet.Lease {
 
 var self = subnet.Lease{Subnet: netip.MustParsePrefix("100.96.1.0/24")}
 
-// sync runs the backend's Sync and installs its routes, as the daemon does.
-func sync(t *testing.T, v *VXLAN, peers []subnet.Lease) (backend.Stats, error) {
+// sync runs the backend's Sync and installs its routes, as the daemon
+// does, and counts the peers' states.
+func sync(t *testing.T, v *VXLAN, peers []*subnet.Lease) (backend.Stats, error) {
 	t.Helper()
-	routes, stats, err := v.Sync(context.Background(), self, peers, true)
+	routes, states, err := v.Sync(context.Background(), self, peers)
 	if err != nil {
-		return stats, err
+		return backend.Stats{}, err
 	}
 	_, err = backend.SyncRoutes(v.env.Netlink, routes)
-	return stats, err
+	return count(states), err
+}
+
+// update runs the backend's Update and applies its routes, as the daemon
+// does.
+func update(t *testing.T, v *VXLAN, changes []backend.Change) (backend.Stats, error) {
+	t.Helper()
+	delta, states, err := v.Update(context.Background(), self, changes)
+	if err != nil {
+		return backend.Stats{}, err
+	}
+	var ofNew []backend.PeerState
+	for i, c := range changes {
+		if c.New != nil {
+			ofNew = append(ofNew, states[i])
+		}
+	}
+	return count(ofNew), backend.ApplyRoutes(v.env.Netlink, delta)
+}
+
+func count(states []backend.PeerState) backend.Stats {
+	var c [backend.NumPeerStates]int
+	for _, st := range states {
+		c[st]++
+	}
+	return backend.StatsOf(c)
 }
 
 // ip runs iproute2 in the namespace and returns its output.
@@ -98,7 +124,7 @@ func TestSetupAndSyncProgramFlannelsScheme(t *testing.T) {
 	// Someone else's route must survive every sync.
 	ip(t, n, "route", "add", "100.99.0.0/24", "via", "198.18.0.254", "proto", "static")
 
-	peers := []subnet.Lease{peer(2, "0e:00:00:00:00:02"), peer(3, "0e:00:00:00:00:03")}
+	peers := []*subnet.Lease{peer(2, "0e:00:00:00:00:02"), peer(3, "0e:00:00:00:00:03")}
 	stats, err := sync(t, v, peers)
 	if err != nil || stats.Programmed != 2 {
 		t.Fatalf("Sync = %+v, %v", stats, err)
@@ -141,11 +167,9 @@ func TestSetupAndSyncProgramFlannelsScheme(t *testing.T) {
 		t.Errorf("fdb not restored:\n%s", fdb)
 	}
 
-	// A peer leaves, another switches to host-gw: only the rest remains.
-	gone := peer(3, "0e:00:00:00:00:03")
-	gone.BackendType = "host-gw"
-	stats, err = sync(t, v, []subnet.Lease{peers[0], gone})
-	if err != nil || stats.Programmed != 1 || stats.OtherType != 1 {
+	// A peer leaves: only the rest remains.
+	stats, err = sync(t, v, peers[:1])
+	if err != nil || stats.Programmed != 1 {
 		t.Fatalf("Sync = %+v, %v", stats, err)
 	}
 	if out := ip(t, n, "route", "show", "proto", "87"); strings.Contains(out, "100.96.3.0") || !strings.Contains(out, "100.96.2.0") {
@@ -169,6 +193,64 @@ func TestSetupAndSyncProgramFlannelsScheme(t *testing.T) {
 	}
 	if out := ip(t, n, "route", "show", "proto", "87"); strings.TrimSpace(out) != "" {
 		t.Errorf("routes through the device left after Teardown:\n%s", out)
+	}
+}
+
+func TestUpdateProgramsOnlyTheChanges(t *testing.T) {
+	n, ext := newNode(t)
+	v := newVXLAN(t, n, ext, `{"Network":"100.96.0.0/12"}`)
+	if _, err := v.Setup(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	p2, p3 := peer(2, "0e:00:00:00:00:02"), peer(3, "0e:00:00:00:00:03")
+	if _, err := sync(t, v, []*subnet.Lease{p2, p3}); err != nil {
+		t.Fatal(err)
+	}
+	// Peer 2 gets a new MAC, 3 leaves, 4 and 5 join sharing one VTEP (a
+	// node's old and new lease), 6 joins without a MAC.
+	p2b := peer(2, "0e:00:00:00:00:22")
+	p4 := peer(4, "0e:00:00:00:00:04")
+	p5 := peer(5, "0e:00:00:00:00:04")
+	p5.PublicIP = p4.PublicIP
+	p6 := peer(6, "")
+	p6.BackendData = nil
+	stats, err := update(t, v, []backend.Change{{Old: p2, New: p2b}, {Old: p3}, {New: p4}, {New: p5}, {New: p6}})
+	if err != nil || stats.Programmed != 3 || stats.Unreachable != 1 {
+		t.Fatalf("Update = %+v, %v", stats, err)
+	}
+	check := func(what string, want, unwanted []string) {
+		t.Helper()
+		out := ip(t, n, "route", "show", "proto", "87") + ip(t, n, "neigh", "show", "dev", "weft.1")
+		fdb, _ := exec.Command("bridge", "-n", n.Name, "fdb", "show", "dev", "weft.1").CombinedOutput()
+		out += string(fdb)
+		for _, w := range want {
+			if !strings.Contains(out, w) {
+				t.Errorf("%s: kernel lacks %q:\n%s", what, w, out)
+			}
+		}
+		for _, u := range unwanted {
+			if strings.Contains(out, u) {
+				t.Errorf("%s: kernel still has %q:\n%s", what, u, out)
+			}
+		}
+	}
+	check("after the update",
+		[]string{"100.96.2.0 lladdr 0e:00:00:00:00:22", "0e:00:00:00:00:22 dst 198.18.0.2", "100.96.4.0/24 via 100.96.4.0", "100.96.5.0/24 via 100.96.5.0", "0e:00:00:00:00:04 dst 198.18.0.4"},
+		[]string{"0e:00:00:00:00:02 ", "100.96.3.0", "0e:00:00:00:00:03", "100.96.6.0"})
+
+	// Peer 4 leaves: the VTEP peer 5 shares stays.
+	if _, err := update(t, v, []backend.Change{{Old: p4}}); err != nil {
+		t.Fatal(err)
+	}
+	check("after peer 4 left", []string{"0e:00:00:00:00:04 dst 198.18.0.4", "100.96.5.0 lladdr 0e:00:00:00:00:04"}, []string{"100.96.4.0"})
+
+	// A full sync of the same peers finds nothing to change.
+	routes, _, err := v.Sync(context.Background(), self, []*subnet.Lease{p2b, p5, p6})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if changed, err := backend.SyncRoutes(n.Netlink, routes); err != nil || changed != 0 {
+		t.Errorf("a full sync after updates changed %d routes (%v)", changed, err)
 	}
 }
 

@@ -12,13 +12,14 @@ import (
 // interface's networks), or a subnet another lease already claims, is
 // refused, so no peer can route this node's pods away or hijack the
 // underlay. Of two leases claiming one subnet the smaller key keeps it, so
-// every node refuses the same one. refused maps a key to the reason.
-func admit(all map[string]subnet.Lease, self subnet.Lease, underlay []netip.Prefix) (peers map[string]subnet.Lease, refused map[string]string) {
+// every node refuses the same one. It returns the refused keys with the
+// reason; contended marks those refused for a subnet another lease holds.
+func admit(all map[string]*peer, self subnet.Lease, underlay []netip.Prefix) (refused map[string]string, contended map[string]bool) {
 	// The smallest key claiming a subnet keeps it: the same choice on every
 	// node, found in one pass without sorting.
 	owner := make(map[netip.Prefix]string, len(all))
-	for k, l := range all {
-		for _, sn := range []netip.Prefix{l.Subnet, l.IPv6Subnet} {
+	for k, p := range all {
+		for _, sn := range [...]netip.Prefix{p.lease.Subnet, p.lease.IPv6Subnet} {
 			if sn.IsValid() {
 				if cur, ok := owner[sn]; !ok || k < cur {
 					owner[sn] = k
@@ -26,36 +27,40 @@ func admit(all map[string]subnet.Lease, self subnet.Lease, underlay []netip.Pref
 			}
 		}
 	}
-	peers = make(map[string]subnet.Lease, len(all))
-	refused = map[string]string{}
-	for k, l := range all {
-		if k == self.Key() {
-			continue
-		}
-		why := ""
-		for _, sn := range []netip.Prefix{l.Subnet, l.IPv6Subnet} {
-			if !sn.IsValid() || why != "" {
-				continue
-			}
-			for _, mine := range []netip.Prefix{self.Subnet, self.IPv6Subnet} {
-				if mine.IsValid() && mine.Overlaps(sn) {
-					why = fmt.Sprintf("its subnet %s overlaps this node's subnet %s", sn, mine)
-				}
-			}
-			for _, u := range underlay {
-				if why == "" && u.Masked().Overlaps(sn) {
-					why = fmt.Sprintf("its subnet %s overlaps the underlay network %s", sn, u.Masked())
-				}
-			}
-			if other := owner[sn]; why == "" && other != k {
-				why = fmt.Sprintf("its subnet %s is already leased by %s", sn, other)
-			}
-		}
-		if why != "" {
+	refused, contended = map[string]string{}, map[string]bool{}
+	for k, p := range all {
+		if why := overlaps(p.lease, self, underlay); why != "" {
 			refused[k] = why
 			continue
 		}
-		peers[k] = l
+		for _, sn := range [...]netip.Prefix{p.lease.Subnet, p.lease.IPv6Subnet} {
+			if other := owner[sn]; sn.IsValid() && other != k {
+				refused[k] = fmt.Sprintf("its subnet %s is already leased by %s", sn, other)
+				contended[k] = true
+				break
+			}
+		}
 	}
-	return peers, refused
+	return refused, contended
+}
+
+// overlaps says why l may not be programmed whatever other leases there
+// are (its subnet overlaps this node's or the underlay), or "".
+func overlaps(l, self subnet.Lease, underlay []netip.Prefix) string {
+	for _, sn := range [...]netip.Prefix{l.Subnet, l.IPv6Subnet} {
+		if !sn.IsValid() {
+			continue
+		}
+		for _, mine := range [...]netip.Prefix{self.Subnet, self.IPv6Subnet} {
+			if mine.IsValid() && mine.Overlaps(sn) {
+				return fmt.Sprintf("its subnet %s overlaps this node's subnet %s", sn, mine)
+			}
+		}
+		for _, u := range underlay {
+			if u.Masked().Overlaps(sn) {
+				return fmt.Sprintf("its subnet %s overlaps the underlay network %s", sn, u.Masked())
+			}
+		}
+	}
+	return ""
 }

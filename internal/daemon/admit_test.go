@@ -19,7 +19,7 @@ func TestAdmitRefusesOverlaps(t *testing.T) {
 		return out
 	}
 	self := l("100.96.1.0/24", "fd96:0:0:1::/64")
-	all := map[string]subnet.Lease{}
+	all := map[string]*peer{}
 	for _, x := range []subnet.Lease{
 		self,
 		l("100.96.2.0/24", "fd96:0:0:2::/64"), // fine
@@ -29,17 +29,21 @@ func TestAdmitRefusesOverlaps(t *testing.T) {
 		l("198.18.0.0/24", ""),                // the underlay
 		l("100.96.4.0/24", "fd96:0:0:4::/64"), // fine
 	} {
-		all[x.Key()] = x
+		all[x.Key()] = &peer{lease: x}
 	}
+	delete(all, self.Key()) // the peer set never holds this node's lease
 	underlay := []netip.Prefix{netip.MustParsePrefix("198.18.0.1/24")}
-	peers, refused := admit(all, self, underlay)
-	if len(peers) != 2 {
-		t.Errorf("admitted %v", peers)
+	refused, contended := admit(all, self, underlay)
+	if len(all)-len(refused) != 2 {
+		t.Errorf("refused %v", refused)
 	}
 	for _, k := range []string{"100.96.2.0-24&fd96:0:0:2::-64", "100.96.4.0-24&fd96:0:0:4::-64"} {
-		if _, ok := peers[k]; !ok {
-			t.Errorf("%s refused: %s", k, refused[k])
+		if why, ok := refused[k]; ok {
+			t.Errorf("%s refused: %s", k, why)
 		}
+	}
+	if len(contended) != 1 || !contended["100.96.2.0-24&fd96:0:0:9::-64"] {
+		t.Errorf("contended = %v", contended)
 	}
 	want := map[string]string{
 		"100.96.2.0-24&fd96:0:0:9::-64": "its subnet 100.96.2.0/24 is already leased by 100.96.2.0-24&fd96:0:0:2::-64",

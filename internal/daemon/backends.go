@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
+	"maps"
+	"slices"
 	"strings"
 
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/sirupsen/logrus"
 
 	"github.com/weft-net/weft/backend"
@@ -47,10 +49,26 @@ type backendSet struct {
 	primary string
 	active  map[string]*running
 	once    backend.LogOnce
-	// installRoutes makes weft's routes equal the given ones; with verify
-	// it reads the kernel first.
-	installRoutes func(routes []backend.Route, verify bool) error
+	routes  routeWriter
 }
+
+// routeWriter installs the union of the backends' routes.
+type routeWriter interface {
+	// sync makes weft's routes equal want, reading the kernel first.
+	sync(want []backend.Route) error
+	// apply installs and deletes what an update changed.
+	apply(d backend.RouteDelta) error
+}
+
+// kernelRoutes is the routeWriter of a network namespace.
+type kernelRoutes struct{ h netlinksafe.Handle }
+
+func (k kernelRoutes) sync(want []backend.Route) error {
+	_, err := backend.SyncRoutes(k.h, want)
+	return err
+}
+
+func (k kernelRoutes) apply(d backend.RouteDelta) error { return backend.ApplyRoutes(k.h, d) }
 
 // running is one backend and the options it was made with.
 type running struct {
@@ -60,13 +78,7 @@ type running struct {
 }
 
 func newBackendSet(env backend.Env, log *logrus.Entry) *backendSet {
-	s := &backendSet{env: env, log: log, active: map[string]*running{}}
-	table := backend.NewRouteTable(env.Netlink)
-	s.installRoutes = func(routes []backend.Route, verify bool) error {
-		_, err := table.Sync(routes, verify)
-		return err
-	}
-	return s
+	return &backendSet{env: env, log: log, active: map[string]*running{}, routes: kernelRoutes{env.Netlink}}
 }
 
 // start makes (or re-makes, when its options changed) the backend for
@@ -130,52 +142,122 @@ func (s *backendSet) rebuild(ctx context.Context) (*running, error) {
 	return s.setPrimary(ctx, opts)
 }
 
-// sync programs every peer with the backend of its type, installs the
-// union of their routes, and tears down backends no longer needed.
-func (s *backendSet) sync(ctx context.Context, self subnet.Lease, peers map[string]subnet.Lease, verify bool) (backend.Stats, error) {
+// syncAll programs every admitted peer with the backend of its type,
+// reading the kernel, installs the union of their routes, records each
+// peer's state and tears down backends no longer needed.
+func (s *backendSet) syncAll(ctx context.Context, self subnet.Lease, peers *peerSet) error {
 	defer s.once.EndSync()
-	byType := map[string][]subnet.Lease{s.primary: nil}
-	for _, p := range peers {
-		byType[p.BackendType] = append(byType[p.BackendType], p)
+	byType := map[string][]*peer{s.primary: nil}
+	for _, p := range peers.admitted() {
+		byType[p.lease.BackendType] = append(byType[p.lease.BackendType], p)
 	}
-	types := make([]string, 0, len(byType))
-	for t := range byType {
-		types = append(types, t)
-	}
-	sort.Strings(types) // deterministic order of work and errors
-
-	var total backend.Stats
 	var routes []backend.Route
 	var errs []error
-	for _, t := range types {
-		ps := byType[t]
-		r, ok := s.active[t]
-		if !ok {
-			var err error
-			if r, err = s.start(ctx, subnet.Backend{Type: t, VNI: 1}); err != nil {
-				total.OtherType += len(ps)
-				for _, p := range ps {
-					s.once.Warn(s.log, p.Key(), fmt.Sprintf("cannot serve a peer announcing backend %q: %v", t, err))
-				}
-				continue
-			}
-			s.log.WithFields(logrus.Fields{"backend": t, "peers": len(ps)}).Info("started a backend for peers that announce it")
+	for _, t := range slices.Sorted(maps.Keys(byType)) { // deterministic order of work and errors
+		group := byType[t]
+		r := s.serve(ctx, t, group, peers)
+		if r == nil {
+			continue
 		}
-		rs, st, err := r.Sync(ctx, self, ps, verify)
+		leases := make([]*subnet.Lease, len(group))
+		for i, p := range group {
+			leases[i] = &p.lease
+		}
+		rs, states, err := r.Sync(ctx, self, leases)
+		for i := range min(len(states), len(group)) {
+			peers.setState(group[i], states[i])
+		}
 		routes = append(routes, rs...)
-		total.Programmed += st.Programmed
-		total.Unreachable += st.Unreachable
-		total.OtherType += st.OtherType
-		total.Direct += st.Direct
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", t, err))
 		}
 	}
-	if err := s.installRoutes(routes, verify); err != nil {
+	if err := s.routes.sync(routes); err != nil {
 		errs = append(errs, err)
 	}
+	return errors.Join(append(errs, s.removeUnused(ctx, peers))...)
+}
+
+// serve returns the backend for peers of type t, starting it if needed.
+// When it cannot be started, the peers are marked OtherType and it
+// returns nil.
+func (s *backendSet) serve(ctx context.Context, t string, group []*peer, peers *peerSet) *running {
+	if r, ok := s.active[t]; ok {
+		return r
+	}
+	r, err := s.start(ctx, subnet.Backend{Type: t, VNI: 1})
+	if err != nil {
+		for _, p := range group {
+			peers.setState(p, backend.OtherType)
+			s.once.Warn(s.log, p.lease.Key(), fmt.Sprintf("cannot serve a peer announcing backend %q: %v", t, err))
+		}
+		return nil
+	}
+	s.log.WithFields(logrus.Fields{"backend": t, "peers": len(group)}).Info("started a backend for peers that announce it")
+	return r
+}
+
+// errFullSync says that changes need a full sync: a peer announces a
+// backend this node does not run yet.
+var errFullSync = errors.New("a full sync is needed")
+
+// update programs the changes of one or more batches of lease events with
+// the backends of the peers' types, without reading the kernel. It returns
+// errFullSync, having changed nothing, when a change needs a backend that
+// is not running.
+func (s *backendSet) update(ctx context.Context, self subnet.Lease, changes []change, peers *peerSet) error {
+	// A peer that changes backend leaves one and joins the other.
+	byType := map[string][]backend.Change{}
+	newPeers := map[string][]*peer{} // parallel to byType: the peer of each New
+	add := func(t string, c backend.Change, p *peer) {
+		byType[t] = append(byType[t], c)
+		newPeers[t] = append(newPeers[t], p)
+	}
+	for _, c := range changes {
+		switch {
+		case c.old == nil:
+			add(c.new.lease.BackendType, backend.Change{New: &c.new.lease}, c.new)
+		case c.new == nil:
+			add(c.old.lease.BackendType, backend.Change{Old: &c.old.lease}, nil)
+		case c.old.lease.BackendType == c.new.lease.BackendType:
+			add(c.new.lease.BackendType, backend.Change{Old: &c.old.lease, New: &c.new.lease}, c.new)
+		default:
+			add(c.old.lease.BackendType, backend.Change{Old: &c.old.lease}, nil)
+			add(c.new.lease.BackendType, backend.Change{New: &c.new.lease}, c.new)
+		}
+	}
+	for t := range byType {
+		if _, ok := s.active[t]; !ok {
+			return errFullSync
+		}
+	}
+	var delta backend.RouteDelta
+	var errs []error
+	for _, t := range slices.Sorted(maps.Keys(byType)) {
+		d, states, err := s.active[t].Update(ctx, self, byType[t])
+		for i, p := range newPeers[t] {
+			if p != nil && i < len(states) {
+				peers.setState(p, states[i])
+			}
+		}
+		delta.Add = append(delta.Add, d.Add...)
+		delta.Del = append(delta.Del, d.Del...)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", t, err))
+		}
+	}
+	if err := s.routes.apply(delta); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(append(errs, s.removeUnused(ctx, peers))...)
+}
+
+// removeUnused tears down the backends other than the primary that no
+// admitted peer uses any more.
+func (s *backendSet) removeUnused(ctx context.Context, peers *peerSet) error {
+	var errs []error
 	for t, r := range s.active {
-		if t == s.primary || len(byType[t]) > 0 {
+		if t == s.primary || peers.byType[t] > 0 {
 			continue
 		}
 		if err := r.Teardown(ctx); err != nil {
@@ -185,7 +267,7 @@ func (s *backendSet) sync(ctx context.Context, self subnet.Lease, peers map[stri
 		delete(s.active, t)
 		s.log.WithField("backend", t).Info("no peer uses the backend any more; removed it")
 	}
-	return total, errors.Join(errs...)
+	return errors.Join(errs...)
 }
 
 // sweep deletes weft devices (weft.*, weft-*) that no running backend

@@ -277,7 +277,7 @@ func (d *daemon) run(ctx context.Context) error {
 	configs := make(chan *subnet.Config, 1)
 	g.Go(func() error { return d.watchConfig(ctx, configs) })
 	g.Go(func() error { d.claim.Keep(ctx); return ctx.Err() })
-	g.Go(func() error { return d.store.WatchFrom(ctx, d.netCfg, events, d.claim.Listing()) })
+	g.Go(func() error { return d.store.WatchFrom(ctx, d.netCfg, events, d.claim.TakeListing()) })
 	g.Go(func() error { return d.watchKernel(ctx, kick) })
 	g.Go(func() error { return d.reportLease(ctx) })
 	g.Go(func() error {
@@ -304,43 +304,25 @@ const kernelCheckDelay = 500 * time.Millisecond
 // subnet.env, readiness).
 func (d *daemon) syncLoop(ctx context.Context, self subnet.Lease, events <-chan []subnet.Event, kick <-chan struct{}, configs <-chan *subnet.Config, ready func() error) error {
 	log := d.log.WithField("component", "sync")
-	all := map[string]subnet.Lease{} // every valid lease, as the store reports them
-	var peers map[string]subnet.Lease
-	var refusals backend.LogOnce
-	apply := func(batch []subnet.Event) {
-		for _, ev := range batch {
-			if ev.Type == subnet.Removed {
-				delete(all, ev.Lease.Key())
-			} else {
-				all[ev.Lease.Key()] = ev.Lease
-			}
-		}
+	var underlay []netip.Prefix
+	if d.ext != nil {
+		underlay = d.ext.Addrs
 	}
-	admitPeers := func() {
-		var underlay []netip.Prefix
-		if d.ext != nil {
-			underlay = d.ext.Addrs
-		}
-		var refused map[string]string
-		peers, refused = admit(all, self, underlay)
-		for k, why := range refused {
-			refusals.Warn(log, k, "refusing lease: "+why)
-		}
-		refusals.EndSync()
-	}
+	peers := newPeerSet(log, self, underlay)
 	// Wait for the first listing: syncing before it would delete routes a
 	// restarted daemon should keep.
 	select {
 	case batch := <-events:
-		apply(batch)
+		peers.apply(batch)
 	case <-ctx.Done():
 		return ctx.Err()
 	}
 	isReady := false
-	// verify makes the next sync read the kernel rather than trust what weft
-	// last programmed: at first, periodically, on kernel events (drift) and
-	// after a failed sync. Lease events alone are diffed in memory.
-	verify := true
+	// full makes the next sync read the kernel and program every peer
+	// rather than apply the changes since the last one to what weft last
+	// programmed: at first, periodically, on kernel events (drift), after
+	// a configuration change and after a failed sync.
+	full := true
 	var verifySoon <-chan time.Time
 	ticker := time.NewTicker(d.cfg.ResyncInterval)
 	defer ticker.Stop()
@@ -349,7 +331,7 @@ func (d *daemon) syncLoop(ctx context.Context, self subnet.Lease, events <-chan 
 		for {
 			select {
 			case batch := <-events:
-				apply(batch)
+				peers.apply(batch)
 			default:
 				break drain
 			}
@@ -357,13 +339,13 @@ func (d *daemon) syncLoop(ctx context.Context, self subnet.Lease, events <-chan 
 		if d.pending != nil {
 			d.publish(ctx)
 		}
-		if d.ext != nil && verify {
-			// Link and address events schedule a verifying sync.
+		if d.ext != nil && full {
+			// Link and address events schedule a full sync.
 			d.refreshInterface(ctx)
+			peers.setUnderlay(d.ext.Addrs)
 		}
-		admitPeers()
-		err := d.sync(ctx, self, peers, verify)
-		verify = err != nil
+		err := d.sync(ctx, self, peers, full)
+		full = err != nil
 		if !isReady && err == nil {
 			if err := ready(); err != nil {
 				return err
@@ -379,7 +361,7 @@ func (d *daemon) syncLoop(ctx context.Context, self subnet.Lease, events <-chan 
 			case <-ctx.Done():
 				return ctx.Err()
 			case batch := <-events:
-				apply(batch)
+				peers.apply(batch)
 				break wait
 			case <-kick:
 				// A kernel event (drift, the underlay changing, or weft's
@@ -390,27 +372,37 @@ func (d *daemon) syncLoop(ctx context.Context, self subnet.Lease, events <-chan 
 				}
 			case <-verifySoon:
 				verifySoon = nil
-				verify = true
+				full = true
 				break wait
 			case cfg := <-configs:
 				d.applyConfig(ctx, cfg)
-				verify = true
+				full = true
 				break wait
 			case <-ticker.C:
-				verify = true
+				full = true
 				break wait
 			}
 		}
 	}
 }
 
-func (d *daemon) sync(ctx context.Context, self subnet.Lease, peers map[string]subnet.Lease, verify bool) error {
+// sync programs the peers' changes since the last sync or, if full or
+// when the changes need it, every peer, reading the kernel.
+func (d *daemon) sync(ctx context.Context, self subnet.Lease, peers *peerSet, full bool) error {
 	start := time.Now()
-	stats, err := d.backends.sync(ctx, self, peers, verify)
+	changes := peers.takeChanges()
+	var err error
+	if !full {
+		err = d.backends.update(ctx, self, changes, peers)
+	}
+	if full || errors.Is(err, errFullSync) {
+		err = d.backends.syncAll(ctx, self, peers)
+	}
 	elapsed := time.Since(start)
+	known, stats := peers.stats()
 	d.metrics.observeSync(elapsed, stats, err)
 	d.state.update(func(s *status.Status) {
-		s.Peers = status.Peers{Known: len(peers), Programmed: stats.Programmed, OtherType: stats.OtherType, Unreachable: stats.Unreachable, Direct: stats.Direct}
+		s.Peers = status.Peers{Known: known, Programmed: stats.Programmed, OtherType: stats.OtherType, Unreachable: stats.Unreachable, Direct: stats.Direct}
 		s.LastSync = time.Now()
 		s.LastSyncErr = ""
 		if err != nil {

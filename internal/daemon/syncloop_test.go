@@ -3,7 +3,9 @@ package daemon
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/netip"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -14,10 +16,11 @@ import (
 	"github.com/weft-net/weft/subnet"
 )
 
-// fakeBackend records the peer sets it is asked to program.
+// fakeBackend records the calls it gets and the peers it holds.
 type fakeBackend struct {
 	mu    sync.Mutex
-	syncs [][]subnet.Lease
+	calls int
+	held  map[string]subnet.Lease
 }
 
 var _ backend.Backend = (*fakeBackend)(nil)
@@ -29,18 +32,51 @@ func (f *fakeBackend) Setup(context.Context) (backend.Published, error) {
 func (f *fakeBackend) MTU() int                       { return 1500 }
 func (f *fakeBackend) Teardown(context.Context) error { return nil }
 func (f *fakeBackend) Devices() []string              { return nil }
-func (f *fakeBackend) Sync(_ context.Context, _ subnet.Lease, peers []subnet.Lease, _ bool) ([]backend.Route, backend.Stats, error) {
+func (f *fakeBackend) Sync(_ context.Context, _ subnet.Lease, peers []*subnet.Lease) ([]backend.Route, []backend.PeerState, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.syncs = append(f.syncs, append([]subnet.Lease(nil), peers...))
-	return nil, backend.Stats{Programmed: len(peers)}, nil
+	f.calls++
+	f.held = map[string]subnet.Lease{}
+	states := make([]backend.PeerState, len(peers))
+	for i, p := range peers {
+		f.held[p.Key()] = *p
+		states[i] = backend.Encapsulated
+	}
+	return nil, states, nil
 }
 
-func (f *fakeBackend) calls() [][]subnet.Lease {
+func (f *fakeBackend) Update(_ context.Context, _ subnet.Lease, changes []backend.Change) (backend.RouteDelta, []backend.PeerState, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return append([][]subnet.Lease(nil), f.syncs...)
+	f.calls++
+	states := make([]backend.PeerState, len(changes))
+	for i, c := range changes {
+		if c.Old != nil {
+			if _, ok := f.held[c.Old.Key()]; !ok {
+				return backend.RouteDelta{}, nil, fmt.Errorf("update of %s, which the backend does not hold", c.Old.Key())
+			}
+			delete(f.held, c.Old.Key())
+		}
+		if c.New != nil {
+			f.held[c.New.Key()] = *c.New
+			states[i] = backend.Encapsulated
+		}
+	}
+	return backend.RouteDelta{}, states, nil
 }
+
+// state returns how many calls the backend got and the keys it holds.
+func (f *fakeBackend) state() (int, []string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.calls, slices.Sorted(maps.Keys(f.held))
+}
+
+// noRoutes is a routeWriter that writes nothing.
+type noRoutes struct{}
+
+func (noRoutes) sync([]backend.Route) error     { return nil }
+func (noRoutes) apply(backend.RouteDelta) error { return nil }
 
 func lease(i int) subnet.Lease {
 	return subnet.Lease{
@@ -52,7 +88,7 @@ func lease(i int) subnet.Lease {
 func newTestDaemon(b backend.Backend) *daemon {
 	log := logrus.NewEntry(logrus.New())
 	set := newBackendSet(backend.Env{}, log)
-	set.installRoutes = func([]backend.Route, bool) error { return nil }
+	set.routes = noRoutes{}
 	set.active["fake"] = &running{Backend: b, options: subnet.Backend{Type: "fake"}}
 	set.primary = "fake"
 	return &daemon{
@@ -81,19 +117,19 @@ func TestSyncLoopCoalescesABurstIntoOneSync(t *testing.T) {
 
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		calls := fb.calls()
-		if len(calls) > 0 && len(calls[len(calls)-1]) == n {
+		calls, held := fb.state()
+		if len(held) == n {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("never synced all %d peers; syncs: %d", n, len(calls))
+			t.Fatalf("never synced all %d peers; %d calls", n, calls)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
 	cancel()
 	<-done
-	if calls := fb.calls(); len(calls) != 1 {
-		t.Errorf("a burst of %d joins cost %d syncs, want 1", n, len(calls))
+	if calls, _ := fb.state(); calls != 1 {
+		t.Errorf("a burst of %d joins cost %d syncs, want 1", n, calls)
 	}
 	if readyCalls != 1 {
 		t.Errorf("ready called %d times, want once", readyCalls)
@@ -118,15 +154,12 @@ func TestSyncLoopIgnoresSelfAndOverlaps(t *testing.T) {
 	go func() { done <- d.syncLoop(ctx, self, events, nil, nil, func() error { return nil }) }()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		calls := fb.calls()
-		if len(calls) > 0 {
-			last := calls[len(calls)-1]
-			if len(last) == 1 && last[0].Key() == lease(3).Key() {
-				break
-			}
+		_, held := fb.state()
+		if slices.Equal(held, []string{lease(3).Key()}) {
+			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("syncs: %v", fmt.Sprint(calls))
+			t.Fatalf("backend holds %v, want only %s", held, lease(3).Key())
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

@@ -69,8 +69,13 @@ func (c *Claim) EtcdLease() clientv3.LeaseID {
 	return c.id
 }
 
-// Listing returns every lease as Acquire saw them, for Store.WatchFrom.
-func (c *Claim) Listing() *Listing { return c.listing }
+// TakeListing returns every lease as Acquire saw them, for
+// Store.WatchFrom, once: the claim does not keep it.
+func (c *Claim) TakeListing() *Listing {
+	l := c.listing
+	c.listing = nil
+	return l
+}
 
 // TTL returns how long the etcd lease has left as of its last renewal,
 // without asking etcd.

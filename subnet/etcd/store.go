@@ -126,22 +126,41 @@ type Listing struct {
 	Revision int64
 }
 
-// List reads every lease key in one request.
+// ListPageSize is how many leases List reads per request.
+const ListPageSize = 1000
+
+// List reads every lease key, in pages of ListPageSize at the revision of
+// the first page, so that neither etcd nor weft holds a large cluster's
+// whole listing in one response.
 func (s *Store) List(ctx context.Context) (*Listing, error) {
-	cctx, cancel := s.call(ctx)
-	defer cancel()
-	resp, err := s.cli.Get(cctx, s.SubnetsPrefix(), clientv3.WithPrefix())
-	if err != nil {
-		return nil, fmt.Errorf("listing %s in etcd %v: %w", s.SubnetsPrefix(), s.Endpoints(), err)
+	l := &Listing{}
+	from, end := s.SubnetsPrefix(), clientv3.GetPrefixRangeEnd(s.SubnetsPrefix())
+	for {
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(ListPageSize)}
+		if l.Revision != 0 {
+			opts = append(opts, clientv3.WithRev(l.Revision))
+		}
+		cctx, cancel := s.call(ctx)
+		resp, err := s.cli.Get(cctx, from, opts...)
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("listing %s in etcd %v: %w", s.SubnetsPrefix(), s.Endpoints(), err)
+		}
+		if l.Revision == 0 {
+			l.Revision = resp.Header.Revision
+			l.Entries = make([]Entry, 0, resp.Count)
+		}
+		for _, kv := range resp.Kvs {
+			key := strings.TrimPrefix(string(kv.Key), s.SubnetsPrefix())
+			e := Entry{Key: key, ModRevision: kv.ModRevision, EtcdLease: clientv3.LeaseID(kv.Lease)}
+			e.Lease, e.Err = subnet.ParseLease(key, kv.Value)
+			l.Entries = append(l.Entries, e)
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			return l, nil
+		}
+		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 	}
-	l := &Listing{Revision: resp.Header.Revision, Entries: make([]Entry, 0, len(resp.Kvs))}
-	for _, kv := range resp.Kvs {
-		key := strings.TrimPrefix(string(kv.Key), s.SubnetsPrefix())
-		e := Entry{Key: key, ModRevision: kv.ModRevision, EtcdLease: clientv3.LeaseID(kv.Lease)}
-		e.Lease, e.Err = subnet.ParseLease(key, kv.Value)
-		l.Entries = append(l.Entries, e)
-	}
-	return l, nil
 }
 
 // TTL returns how long the etcd lease id has left, or 0 if it has expired.

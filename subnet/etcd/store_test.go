@@ -336,3 +336,46 @@ func TestKeepRecreatesLostLease(t *testing.T) {
 		t.Error("conflict not logged as an error")
 	}
 }
+
+func TestListReadsLargeClustersInPagesAtOneRevision(t *testing.T) {
+	srv := etcdtest.Start(t)
+	s, _ := newStore(t, srv, time.Minute)
+	cli := srv.Client(t)
+	ctx := ctxFor(t, 60*time.Second)
+	const n = 2*ListPageSize + 500
+	put := func(from, to int) {
+		for i := from; i < to; i += 128 { // etcd's limit of operations per transaction
+			var ops []clientv3.Op
+			for j := i; j < min(i+128, to); j++ {
+				l := subnet.Lease{Subnet: netip.PrefixFrom(netip.AddrFrom4([4]byte{100, 96 + byte(j>>8), byte(j), 0}), 24), Attrs: nodeAttrs(j)}
+				value, _ := json.Marshal(l.Attrs)
+				ops = append(ops, clientv3.OpPut(s.SubnetsPrefix()+l.Key(), string(value)))
+			}
+			if _, err := cli.Txn(ctx).Then(ops...).Commit(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	put(0, n)
+	listing, err := s.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for _, e := range listing.Entries {
+		if e.Err != nil || seen[e.Key] {
+			t.Fatalf("entry %s: err %v, seen before %v", e.Key, e.Err, seen[e.Key])
+		}
+		seen[e.Key] = true
+	}
+	if len(seen) != n {
+		t.Fatalf("listed %d leases, want %d", len(seen), n)
+	}
+
+	// The listing carries etcd's revision, from which a watch goes on.
+	put(n, n+1)
+	resp, _ := cli.Get(ctx, s.SubnetsPrefix(), clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if listing, err = s.List(ctx); err != nil || len(listing.Entries) != n+1 || listing.Revision != resp.Header.Revision {
+		t.Fatalf("second listing: %d entries at revision %d (etcd at %d), %v", len(listing.Entries), listing.Revision, resp.Header.Revision, err)
+	}
+}

@@ -29,7 +29,7 @@ func (s *Store) Watch(ctx context.Context, cfg *subnet.Config, out chan<- []subn
 // WatchFrom is Watch starting from a listing already made (Claim.Listing
 // after Acquire), which saves listing every lease again; nil lists.
 func (s *Store) WatchFrom(ctx context.Context, cfg *subnet.Config, out chan<- []subnet.Event, listing *Listing) error {
-	w := &watcher{store: s, cfg: cfg, out: out, known: map[string]subnet.Lease{}, bad: map[string]string{}}
+	w := &watcher{store: s, cfg: cfg, out: out, known: map[string]int64{}, bad: map[string]string{}}
 	if listing != nil {
 		if err := w.relisted(ctx, listing); err != nil {
 			return err
@@ -43,9 +43,12 @@ type watcher struct {
 	store *Store
 	cfg   *subnet.Config
 	out   chan<- []subnet.Event
-	known map[string]subnet.Lease // valid leases sent as Added, by key
-	bad   map[string]string       // invalid keys and the error last logged
-	rev   int64                   // last revision seen; 0 means list again
+	// known holds the mod revision of each valid lease sent as Added, by
+	// key: enough to tell, after listing again, what changed. The receiver
+	// keeps the leases themselves.
+	known map[string]int64
+	bad   map[string]string // invalid keys and the error last logged
+	rev   int64             // last revision seen; 0 means list again
 }
 
 func (w *watcher) run(ctx context.Context) error {
@@ -104,7 +107,7 @@ func (w *watcher) follow(ctx context.Context) error {
 				batch = w.remove(batch, key)
 				continue
 			}
-			batch = w.update(batch, key, ev.Kv.Value)
+			batch = w.update(batch, key, ev.Kv.Value, ev.Kv.ModRevision)
 		}
 		w.rev = resp.Header.Revision
 		if err := w.send(ctx, batch); err != nil {
@@ -127,7 +130,7 @@ func (w *watcher) relisted(ctx context.Context, listing *Listing) error {
 			batch = w.invalid(batch, e.Key, e.Err)
 			continue
 		}
-		batch = w.valid(batch, e.Key, e.Lease)
+		batch = w.valid(batch, e.Key, e.Lease, e.ModRevision)
 	}
 	for key := range w.known {
 		if !present[key] {
@@ -148,23 +151,23 @@ func (w *watcher) relisted(ctx context.Context, listing *Listing) error {
 	return w.send(ctx, batch)
 }
 
-func (w *watcher) update(batch []subnet.Event, key string, value []byte) []subnet.Event {
+func (w *watcher) update(batch []subnet.Event, key string, value []byte, rev int64) []subnet.Event {
 	l, err := subnet.ParseLease(key, value)
 	if err != nil {
 		return w.invalid(batch, key, err)
 	}
-	return w.valid(batch, key, l)
+	return w.valid(batch, key, l, rev)
 }
 
-func (w *watcher) valid(batch []subnet.Event, key string, l subnet.Lease) []subnet.Event {
+func (w *watcher) valid(batch []subnet.Event, key string, l subnet.Lease, rev int64) []subnet.Event {
 	if err := w.cfg.CheckLease(&l); err != nil {
 		return w.invalid(batch, key, err)
 	}
 	delete(w.bad, key)
-	if old, ok := w.known[key]; ok && sameLease(old, l) {
-		return batch
+	if w.known[key] == rev {
+		return batch // unchanged since it was sent
 	}
-	w.known[key] = l
+	w.known[key] = rev
 	return append(batch, subnet.Event{Type: subnet.Added, Lease: l})
 }
 
@@ -183,12 +186,12 @@ func (w *watcher) invalid(batch []subnet.Event, key string, err error) []subnet.
 
 func (w *watcher) remove(batch []subnet.Event, key string) []subnet.Event {
 	delete(w.bad, key)
-	l, ok := w.known[key]
-	if !ok {
+	if _, ok := w.known[key]; !ok {
 		return batch
 	}
 	delete(w.known, key)
-	return append(batch, subnet.Event{Type: subnet.Removed, Lease: l})
+	v4, v6, _ := subnet.ParseKey(key) // it parsed when it was added
+	return append(batch, subnet.Event{Type: subnet.Removed, Lease: subnet.Lease{Subnet: v4, IPv6Subnet: v6}})
 }
 
 func (w *watcher) send(ctx context.Context, batch []subnet.Event) error {
@@ -201,13 +204,6 @@ func (w *watcher) send(ctx context.Context, batch []subnet.Event) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-}
-
-func sameLease(a, b subnet.Lease) bool {
-	return a.Subnet == b.Subnet && a.IPv6Subnet == b.IPv6Subnet &&
-		a.PublicIP == b.PublicIP && a.PublicIPv6 == b.PublicIPv6 &&
-		a.BackendType == b.BackendType && a.Node == b.Node &&
-		string(a.BackendData) == string(b.BackendData) && string(a.BackendV6Data) == string(b.BackendV6Data)
 }
 
 // WatchConfig sends the configuration document to out now and each time it

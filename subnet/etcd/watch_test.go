@@ -189,7 +189,7 @@ func TestWatchRelistsAfterCompaction(t *testing.T) {
 	// The watcher last saw leases 1 and 2 at this revision; then, while it
 	// was away, 2 went, 3 came, and the history was compacted.
 	out := make(chan []subnet.Event, 10)
-	w := &watcher{store: s, cfg: cfg, out: out, known: map[string]subnet.Lease{}, bad: map[string]string{}}
+	w := &watcher{store: s, cfg: cfg, out: out, known: map[string]int64{}, bad: map[string]string{}}
 	w.relisted(ctx, listing)
 	<-out
 	cli.Delete(ctx, testPrefix+"/subnets/"+lease(2).Key())

@@ -1,0 +1,258 @@
+package daemon
+
+import (
+	"net/netip"
+	"slices"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/weft-net/weft/backend"
+	"github.com/weft-net/weft/subnet"
+)
+
+// peerSet holds every valid lease of another node, as the store reports
+// them, and which of them this node programs (admits, see admit). It is
+// kept up to date incrementally: a batch of lease events costs time in
+// proportion to its size, and yields the changes for the backends. Only
+// when leases contend for one subnet, or this node's subnet or underlay
+// changes, is admission worked out again for every lease. Used by the
+// sync loop's goroutine only.
+type peerSet struct {
+	log      *logrus.Entry
+	self     subnet.Lease
+	selfKey  string
+	underlay []netip.Prefix
+
+	all   map[string]*peer
+	owner map[netip.Prefix]string // subnet -> the admitted lease's key
+	// refused counts the leases not admitted, contended those of them
+	// refused for a subnet another lease holds; counts the admitted ones
+	// by state; byType the admitted ones by backend type.
+	refused   int
+	contended int
+	counts    [backend.NumPeerStates]int
+	byType    map[string]int
+
+	// before holds, for each key changed since the last takeChanges, its
+	// admitted peer before the first change (nil if none).
+	before map[string]*peer
+}
+
+// peer is one lease. A new lease is a new peer value, so a change can
+// refer to the old and the new one.
+type peer struct {
+	lease subnet.Lease
+	// refused says why the lease is not programmed; "" if it is admitted.
+	// contended: because another lease holds its subnet.
+	refused   string
+	contended bool
+	// state is what its backend made of it (admitted peers only).
+	state backend.PeerState
+}
+
+func (p *peer) admitted() bool { return p.refused == "" }
+
+// change is one admitted peer before and after a batch: old is nil for a
+// newly admitted peer, new is nil for one that left or is now refused.
+type change struct {
+	key      string
+	old, new *peer
+}
+
+func newPeerSet(log *logrus.Entry, self subnet.Lease, underlay []netip.Prefix) *peerSet {
+	return &peerSet{
+		log: log, self: self, selfKey: self.Key(), underlay: underlay,
+		all: map[string]*peer{}, owner: map[netip.Prefix]string{}, byType: map[string]int{},
+		before: map[string]*peer{},
+	}
+}
+
+// apply applies a batch of lease events; takeChanges says what they
+// changed among the admitted peers.
+func (s *peerSet) apply(batch []subnet.Event) {
+	readmit := false
+	for i := range batch {
+		ev := &batch[i]
+		key := ev.Lease.Key()
+		if key == s.selfKey {
+			continue // this node's own lease
+		}
+		old := s.all[key]
+		if old != nil && ev.Type == subnet.Added && old.lease.Equal(&ev.Lease) {
+			continue // written again as it was
+		}
+		s.touch(key, old)
+		if old != nil {
+			s.remove(key, old)
+		}
+		if ev.Type == subnet.Removed {
+			// A refused lease may have waited for this one's subnet.
+			readmit = readmit || s.contended > 0
+			continue
+		}
+		p := &peer{lease: ev.Lease}
+		s.all[key] = p
+		if !s.admitOne(key, p, old) {
+			readmit = true // contended: decided below, for every lease
+		}
+	}
+	if readmit {
+		s.admitAll()
+	}
+}
+
+// setUnderlay records the external interface's networks and, when they
+// changed, works out admission again.
+func (s *peerSet) setUnderlay(underlay []netip.Prefix) {
+	if !slices.Equal(underlay, s.underlay) {
+		s.underlay = underlay
+		s.admitAll()
+	}
+}
+
+// touch records key's admitted peer p before its first change.
+func (s *peerSet) touch(key string, p *peer) {
+	if _, ok := s.before[key]; !ok {
+		s.before[key] = admittedOrNil(p)
+	}
+}
+
+// takeChanges returns what changed among the admitted peers since it was
+// last called.
+func (s *peerSet) takeChanges() []change {
+	var changes []change
+	for key, old := range s.before {
+		if cur := admittedOrNil(s.all[key]); old != cur {
+			changes = append(changes, change{key: key, old: old, new: cur})
+		}
+	}
+	clear(s.before)
+	return changes
+}
+
+// admitOne admits p unless it overlaps this node or the underlay (then it
+// is refused) or claims a subnet another admitted lease holds (then it
+// returns false: admitAll decides). prev is the key's previous lease, to
+// log a refusal only when its reason is new.
+func (s *peerSet) admitOne(key string, p, prev *peer) bool {
+	for _, sn := range [...]netip.Prefix{p.lease.Subnet, p.lease.IPv6Subnet} {
+		if sn.IsValid() {
+			if o, ok := s.owner[sn]; ok && o != key {
+				p.refused, p.contended = "contended", true // until admitAll decides
+				s.refused++
+				s.contended++
+				return false
+			}
+		}
+	}
+	if why := overlaps(p.lease, s.self, s.underlay); why != "" {
+		s.refuse(key, p, prev, why)
+		return true
+	}
+	s.admit(key, p)
+	return true
+}
+
+// admitAll works out admission for every lease (see admit).
+func (s *peerSet) admitAll() {
+	wasAdmitted := make(map[string]bool, len(s.all))
+	for key, p := range s.all {
+		wasAdmitted[key] = p.admitted()
+	}
+	refused, contended := admit(s.all, s.self, s.underlay)
+	clear(s.owner)
+	clear(s.byType)
+	s.counts = [backend.NumPeerStates]int{}
+	s.refused, s.contended = 0, 0
+	for key, p := range s.all {
+		if _, ok := refused[key]; wasAdmitted[key] == ok { // admission flips
+			s.touch(key, p)
+		}
+		prevWhy := p.refused
+		p.refused, p.contended = "", false
+		if why, ok := refused[key]; ok {
+			if why != prevWhy {
+				s.log.WithField("peer", key).Warn("refusing lease: " + why)
+			}
+			p.refused, p.contended = why, contended[key]
+			s.refused++
+			if p.contended {
+				s.contended++
+			}
+			continue
+		}
+		s.admit(key, p)
+	}
+}
+
+func (s *peerSet) admit(key string, p *peer) {
+	p.refused = ""
+	for _, sn := range [...]netip.Prefix{p.lease.Subnet, p.lease.IPv6Subnet} {
+		if sn.IsValid() {
+			s.owner[sn] = key
+		}
+	}
+	s.byType[p.lease.BackendType]++
+	s.counts[p.state]++
+}
+
+func (s *peerSet) refuse(key string, p, prev *peer, why string) {
+	if prev == nil || prev.refused != why {
+		s.log.WithField("peer", key).Warn("refusing lease: " + why)
+	}
+	p.refused = why
+	s.refused++
+}
+
+// remove forgets p, the lease of key.
+func (s *peerSet) remove(key string, p *peer) {
+	delete(s.all, key)
+	if !p.admitted() {
+		s.refused--
+		if p.contended {
+			s.contended--
+		}
+		return
+	}
+	for _, sn := range [...]netip.Prefix{p.lease.Subnet, p.lease.IPv6Subnet} {
+		if sn.IsValid() && s.owner[sn] == key {
+			delete(s.owner, sn)
+		}
+	}
+	if s.byType[p.lease.BackendType]--; s.byType[p.lease.BackendType] == 0 {
+		delete(s.byType, p.lease.BackendType)
+	}
+	s.counts[p.state]--
+}
+
+// setState records what p's backend made of it.
+func (s *peerSet) setState(p *peer, st backend.PeerState) {
+	if p.admitted() {
+		s.counts[p.state]--
+		s.counts[st]++
+	}
+	p.state = st
+}
+
+// admitted returns the admitted peers.
+func (s *peerSet) admitted() []*peer {
+	out := make([]*peer, 0, len(s.all)-s.refused)
+	for _, p := range s.all {
+		if p.admitted() {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// stats counts the admitted peers by state.
+func (s *peerSet) stats() (known int, st backend.Stats) {
+	return len(s.all) - s.refused, backend.StatsOf(s.counts)
+}
+
+func admittedOrNil(p *peer) *peer {
+	if p == nil || !p.admitted() {
+		return nil
+	}
+	return p
+}
