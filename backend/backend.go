@@ -11,6 +11,7 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/sirupsen/logrus"
+	"github.com/vishvananda/netns"
 
 	"github.com/weft-net/weft/subnet"
 )
@@ -148,8 +149,11 @@ func (e *ExternalInterface) OnLink(ip netip.Addr) bool {
 
 // Env is what every backend constructor is given.
 type Env struct {
-	// Netlink is the handle for the node's network namespace.
+	// Netlink is the handle for the node's network namespace, NetNS that
+	// namespace for the dumps netlink has no streaming call for (0 or
+	// netns.None(): the current one).
 	Netlink netlinksafe.Handle
+	NetNS   netns.NsHandle
 	Ext     *ExternalInterface
 	Network *subnet.Config
 	Log     *logrus.Entry

@@ -1,7 +1,6 @@
 package backend
 
 import (
-	"errors"
 	"fmt"
 	"net/netip"
 
@@ -39,28 +38,4 @@ func EnsureAddr(h netlinksafe.Handle, link netlink.Link, addr netip.Prefix) erro
 		}
 	}
 	return nil
-}
-
-// NeighList lists a device's neighbour (or, with AF_BRIDGE, FDB) entries,
-// retrying a dump the kernel interrupted.
-func NeighList(h netlinksafe.Handle, linkIndex, family int) ([]netlink.Neigh, error) {
-	var ns []netlink.Neigh
-	var err error
-	for range 5 {
-		ns, err = h.NeighList(linkIndex, family)
-		if !errors.Is(err, netlink.ErrDumpInterrupted) {
-			return ns, err
-		}
-	}
-	return nil, err
-}
-
-// NeighEach calls f with each of a device's neighbour (or, with
-// AF_BRIDGE, FDB) entries.
-func NeighEach(h netlinksafe.Handle, linkIndex, family int, f func(*netlink.Neigh)) error {
-	ns, err := NeighList(h, linkIndex, family)
-	for i := range ns {
-		f(&ns[i])
-	}
-	return err
 }

@@ -77,34 +77,63 @@ func fromNetlink(nr *netlink.Route) (r Route, ok, stale bool) {
 	return r, true, nr.Priority != RouteMetric(dst)
 }
 
-// DiffRoutes returns the routes to install (new or changed) and the
-// routes to delete so that have becomes want. Routes are identified by
-// destination; it is pure.
-func DiffRoutes(want []Route, have map[netip.Prefix]Route) (add, del []Route) {
-	wanted := make(map[netip.Prefix]bool, len(want))
-	for _, r := range want {
-		wanted[r.Dst] = true
-		if cur, ok := have[r.Dst]; !ok || cur != r {
+// routeDiff compares the routes the kernel holds, seen one at a time as a
+// dump streams in, with the routes weft wants; it holds no copy of the
+// kernel's table. Routes are identified by destination. It is pure.
+type routeDiff struct {
+	want []Route
+	idx  map[netip.Prefix]int // want's index by destination
+	held []bool               // want[i] is in the kernel as it is
+	del  []Route              // routes in the kernel weft no longer wants
+}
+
+func newRouteDiff(want []Route) *routeDiff {
+	d := &routeDiff{want: want, idx: make(map[netip.Prefix]int, len(want)), held: make([]bool, len(want))}
+	for i, r := range want {
+		d.idx[r.Dst] = i
+	}
+	return d
+}
+
+// see records a route of weft's the kernel holds.
+func (d *routeDiff) see(r Route) {
+	i, ok := d.idx[r.Dst]
+	switch {
+	case !ok:
+		d.del = append(d.del, r)
+	case d.want[i] == r:
+		d.held[i] = true
+	} // else: wanted with another next hop; replaced by the add
+}
+
+// restart forgets what was seen, for a dump read again.
+func (d *routeDiff) restart() {
+	clear(d.held)
+	d.del = d.del[:0]
+}
+
+// result returns the routes to install (new or changed) and to delete.
+func (d *routeDiff) result() RouteDelta {
+	var add []Route
+	for i, r := range d.want {
+		if !d.held[i] {
 			add = append(add, r)
 		}
 	}
-	for dst, r := range have {
-		if !wanted[dst] {
-			del = append(del, r)
-		}
-	}
-	return add, del
+	return RouteDelta{Add: add, Del: d.del}
 }
 
-// OwnedRoutes reads the routes in the main table that carry RouteProtocol,
-// in both address families, by destination, and deletes those with a stale
-// metric. It streams the kernel's dump rather than holding it.
-func OwnedRoutes(h netlinksafe.Handle) (map[netip.Prefix]Route, error) {
+// eachOwnedRoute calls f with each route in the main table that carries
+// RouteProtocol, in both address families, streaming the kernel's dump,
+// and deletes those with a stale metric. A dump the kernel interrupted is
+// read again after calling restart.
+func eachOwnedRoute(h netlinksafe.Handle, restart func(), f func(Route)) error {
 	filter := &netlink.Route{Protocol: RouteProtocol, Table: 254}
-	var have map[netip.Prefix]Route
 	var err error
-	for range 5 { // a dump the kernel interrupted is read again
-		have = map[netip.Prefix]Route{}
+	for attempt := range 5 {
+		if attempt > 0 {
+			restart()
+		}
 		var stale []netlink.Route
 		err = h.RouteListFilteredIter(netlink.FAMILY_ALL, filter, netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE, func(nr netlink.Route) bool {
 			r, ok, isStale := fromNetlink(&nr)
@@ -112,7 +141,7 @@ func OwnedRoutes(h netlinksafe.Handle) (map[netip.Prefix]Route, error) {
 			case isStale:
 				stale = append(stale, nr)
 			case ok:
-				have[r.Dst] = r
+				f(r)
 			}
 			return true
 		})
@@ -124,21 +153,21 @@ func OwnedRoutes(h netlinksafe.Handle) (map[netip.Prefix]Route, error) {
 		}
 	}
 	if err != nil {
-		return nil, fmt.Errorf("listing routes with protocol %d: %w", RouteProtocol, err)
+		return fmt.Errorf("listing routes with protocol %d: %w", RouteProtocol, err)
 	}
-	return have, nil
+	return nil
 }
 
 // SyncRoutes makes the routes weft owns equal want, reading the kernel
 // first: new and changed routes are installed, then the rest deleted. On
 // error it still applies what it can and returns the first error.
 func SyncRoutes(h netlinksafe.Handle, want []Route) (changed int, err error) {
-	have, err := OwnedRoutes(h)
-	if err != nil {
+	d := newRouteDiff(want)
+	if err := eachOwnedRoute(h, d.restart, d.see); err != nil {
 		return 0, err
 	}
-	add, del := DiffRoutes(want, have)
-	return len(add) + len(del), ApplyRoutes(h, RouteDelta{Add: add, Del: del})
+	delta := d.result()
+	return len(delta.Add) + len(delta.Del), ApplyRoutes(h, delta)
 }
 
 // ApplyRoutes installs d.Add, then deletes d.Del, except routes to a

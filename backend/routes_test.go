@@ -5,7 +5,7 @@ import (
 	"testing"
 )
 
-func TestDiffRoutesAddsChangedAndDeletesStale(t *testing.T) {
+func TestRouteDiffAddsChangedAndDeletesStale(t *testing.T) {
 	r := func(dst, gw string, link int, onlink bool) Route {
 		return Route{Dst: netip.MustParsePrefix(dst), Gw: netip.MustParseAddr(gw), LinkIndex: link, OnLink: onlink}
 	}
@@ -19,39 +19,41 @@ func TestDiffRoutesAddsChangedAndDeletesStale(t *testing.T) {
 		r("100.96.3.0/24", "100.96.3.0", 5, true),
 		r("100.96.5.0/24", "100.96.5.0", 5, true), // new
 	}
-	haveMap := map[netip.Prefix]Route{}
-	for _, r := range have {
-		haveMap[r.Dst] = r
+	d := newRouteDiff(want)
+	d.see(have[0]) // a dump interrupted halfway, then read again
+	d.restart()
+	for _, h := range have {
+		d.see(h)
 	}
-	add, del := DiffRoutes(want, haveMap)
-	if len(add) != 2 || add[0] != want[1] || add[1] != want[2] {
-		t.Errorf("add = %v", add)
+	delta := d.result()
+	if len(delta.Add) != 2 || delta.Add[0] != want[1] || delta.Add[1] != want[2] {
+		t.Errorf("add = %v", delta.Add)
 	}
-	if len(del) != 1 || del[0] != have[2] {
-		t.Errorf("del = %v", del)
+	if len(delta.Del) != 1 || delta.Del[0] != have[2] {
+		t.Errorf("del = %v", delta.Del)
 	}
-	wantMap := map[netip.Prefix]Route{}
-	for _, r := range want {
-		wantMap[r.Dst] = r
+	d = newRouteDiff(want)
+	for _, w := range want {
+		d.see(w)
 	}
-	if add, del := DiffRoutes(want, wantMap); len(add)+len(del) != 0 {
-		t.Errorf("no-op diff = %v, %v", add, del)
+	if delta := d.result(); len(delta.Add)+len(delta.Del) != 0 {
+		t.Errorf("no-op diff = %+v", delta)
 	}
 }
 
-func BenchmarkDiffRoutes10k(b *testing.B) {
+func BenchmarkRouteDiff10k(b *testing.B) {
 	var want []Route
 	for i := range 10000 {
 		a := netip.AddrFrom4([4]byte{100, 96 + byte(i>>8), byte(i), 0})
 		want = append(want, Route{Dst: netip.PrefixFrom(a, 24), Gw: a, LinkIndex: 5, OnLink: true})
 	}
-	have := map[netip.Prefix]Route{}
-	for _, r := range want[:9900] {
-		have[r.Dst] = r
-	}
 	b.ReportAllocs()
 	for b.Loop() {
-		DiffRoutes(want, have)
+		d := newRouteDiff(want)
+		for _, r := range want[:9900] {
+			d.see(r)
+		}
+		d.result()
 	}
 }
 

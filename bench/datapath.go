@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 	"os/exec"
 	"strings"
 	"time"
@@ -51,12 +52,14 @@ func iperf(from, to, addr string) (float64, error) {
 	return best, nil
 }
 
-func dataPath(ctx context.Context, bin string) ([]pathResult, error) {
+// dataPath measures the backends' data path against hand-programmed
+// state.
+func dataPath(ctx context.Context, bin string, backends ...string) ([]pathResult, error) {
 	if _, err := exec.LookPath("iperf3"); err != nil {
 		return nil, fmt.Errorf("iperf3 is not installed (apt-get install iperf3)")
 	}
 	var out []pathResult
-	for _, b := range []string{"vxlan", "host-gw"} {
+	for _, b := range backends {
 		r := pathResult{Backend: b}
 		c, err := cluster(ctx, bin, fmt.Sprintf(`{"Network":"100.96.0.0/12","Backend":{"Type":%q}}`, b))
 		if err != nil {
@@ -103,10 +106,7 @@ func byHand(backend string) (pod, node float64, err error) {
 			exec.Command("ip", "netns", "del", n).Run()
 		}
 	}()
-	mtu := "1500"
-	if backend == "vxlan" {
-		mtu = "1450"
-	}
+	mtu := map[string]string{"vxlan": "1450", "ipip": "1480", "host-gw": "1500"}[backend]
 	cmds := [][]string{}
 	for _, n := range ns {
 		cmds = append(cmds, []string{"ip", "netns", "add", n}, []string{"ip", "-n", n, "link", "set", "lo", "up"})
@@ -138,8 +138,17 @@ func byHand(backend string) (pod, node float64, err error) {
 		node, peer := ns[i], 1-i
 		peerSub := fmt.Sprintf("100.96.%d", 240+peer)
 		peerIP := fmt.Sprintf("198.18.9.%d", peer+1)
-		if backend == "host-gw" {
+		switch backend {
+		case "host-gw":
 			cmds = append(cmds, []string{"ip", "-n", node, "route", "add", peerSub + ".0/24", "via", peerIP})
+			continue
+		case "ipip":
+			cmds = append(cmds,
+				[]string{"ip", "-n", node, "link", "add", "weft.ipip", "type", "ipip", "local", fmt.Sprintf("198.18.9.%d", i+1), "dev", "eth0"},
+				[]string{"ip", "-n", node, "link", "set", "weft.ipip", "mtu", "1480", "up"},
+				[]string{"ip", "-n", node, "addr", "add", fmt.Sprintf("100.96.%d.0/32", 240+i), "dev", "weft.ipip"},
+				[]string{"ip", "-n", node, "route", "add", peerSub + ".0/24", "via", peerIP, "dev", "weft.ipip", "onlink"},
+			)
 			continue
 		}
 		mac := fmt.Sprintf("0e:00:00:00:00:%02x", 10+i)
@@ -164,3 +173,26 @@ func byHand(backend string) (pod, node float64, err error) {
 	node, err = iperf(ns[0], ns[1], "198.18.9.2")
 	return pod, node, err
 }
+
+// ipipInVM runs the ipip data-path measurement in the QEMU VM of
+// e2e/vm/run.sh (this kernel has no IPIP), where the bench runs with
+// -vm-ipip and prints its result on the console.
+func ipipInVM(ctx context.Context) (pathResult, error) {
+	cmd := exec.CommandContext(ctx, "e2e/vm/run.sh")
+	cmd.Env = append(os.Environ(), "WEFT_VM_BENCH=1")
+	out, err := cmd.CombinedOutput()
+	for _, l := range strings.Split(string(out), "\n") {
+		if _, js, ok := strings.Cut(l, vmResultPrefix); ok {
+			var r pathResult
+			return r, json.Unmarshal([]byte(strings.TrimSpace(js)), &r)
+		}
+	}
+	tail := string(out)
+	if len(tail) > 2000 {
+		tail = tail[len(tail)-2000:]
+	}
+	return pathResult{}, fmt.Errorf("the VM printed no result (%v):\n%s", err, tail)
+}
+
+// vmResultPrefix marks the line with the VM's result on its console.
+const vmResultPrefix = "WEFT-BENCH-IPIP "

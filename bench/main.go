@@ -14,6 +14,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"log"
@@ -34,6 +35,8 @@ func main() {
 	sizes := flag.String("sizes", "1000,5000,10000", "cluster sizes for the cold start")
 	skipDataPath := flag.Bool("skip-data-path", false, "skip the iperf3 measurements")
 	skipEtcd := flag.Bool("skip-etcd", false, "skip the etcd load measurement (2 minutes idle)")
+	skipVM := flag.Bool("skip-vm", false, "skip the ipip data path, measured in a QEMU VM (e2e/vm/run.sh)")
+	vmIPIP := flag.Bool("vm-ipip", false, "measure the ipip data path only and print it (what the VM runs)")
 	micro := flag.String("micro", "", "output of the Go microbenchmarks to include in the report")
 	flag.Parse()
 	if os.Geteuid() != 0 {
@@ -52,6 +55,15 @@ func main() {
 		ns = append(ns, n)
 	}
 	ctx := context.Background()
+	if *vmIPIP {
+		res, err := dataPath(ctx, bin, "ipip")
+		if err != nil {
+			log.Fatalf("ipip data path: %v", err)
+		}
+		js, _ := json.Marshal(res[0])
+		fmt.Printf("%s%s\n", vmResultPrefix, js)
+		return
+	}
 	r := &report{Started: time.Now(), Machine: machine()}
 	if *micro != "" {
 		b, err := os.ReadFile(*micro)
@@ -66,7 +78,7 @@ func main() {
 		if err != nil {
 			log.Fatalf("cold start with %d peers: %v", n, err)
 		}
-		log.Printf("cold start N=%d: %v, RSS %.1f MB", n, res.Converge, res.RSSMB)
+		log.Printf("cold start N=%d: %v, RSS peak %.1f MB (file %.1f MB), median %.1f MB, CPU %.1f%%", n, res.Converge, res.RSSMB, res.RSSFileMB, res.RSSMedianMB, 100*res.CPU)
 		r.Cold = append(r.Cold, res)
 	}
 	if r.Burst, err = burstAndLatency(ctx, bin, 5000); err != nil {
@@ -80,10 +92,18 @@ func main() {
 		log.Printf("etcd: %+v", r.Etcd)
 	}
 	if !*skipDataPath {
-		if r.DataPath, err = dataPath(ctx, bin); err != nil {
+		if r.DataPath, err = dataPath(ctx, bin, "vxlan", "host-gw"); err != nil {
 			log.Fatalf("data path: %v", err)
 		}
 		log.Printf("data path: %+v", r.DataPath)
+		if !*skipVM {
+			ipip, err := ipipInVM(ctx)
+			if err != nil {
+				log.Fatalf("ipip data path in the VM: %v", err)
+			}
+			r.IPIP = &ipip
+			log.Printf("ipip data path in the VM: %+v", ipip)
+		}
 	}
 	if err := writePlot(*png, r.Cold); err != nil {
 		log.Fatalf("plot: %v", err)

@@ -22,8 +22,20 @@ import (
 type coldResult struct {
 	N        int
 	Converge time.Duration // weftd start → N routes in the kernel
-	RSSMB    float64       // weftd's resident set afterwards
+	// weftd's resident set while it runs on after converging, sampled
+	// every rssEvery for rssWindow: the peak, the median, and the peak's
+	// file-backed part (the binary's pages the kernel maps).
+	RSSMB, RSSMedianMB, RSSFileMB float64
+	// CPU is the share of one core weftd used in that window.
+	CPU float64
 }
+
+// rssWindow covers two periodic resyncs (--resync-interval, 5 s), the
+// most memory weftd uses once it runs.
+const (
+	rssWindow = 12 * time.Second
+	rssEvery  = 100 * time.Millisecond
+)
 
 func coldStart(ctx context.Context, bin string, n int) (coldResult, error) {
 	res := coldResult{N: n}
@@ -70,9 +82,44 @@ func coldStart(ctx context.Context, bin string, n int) (coldResult, error) {
 	if got, err := k.weftRoutes(); err != nil || got != n {
 		return res, fmt.Errorf("the kernel holds %d weft routes, want %d (%v)", got, n, err)
 	}
-	time.Sleep(3 * time.Second) // let it settle (and collect garbage)
-	res.RSSMB, err = rssMB(node.WeftdPID())
+	var samples []float64
+	cpu0, err := cpuTime(node.WeftdPID())
+	if err != nil {
+		return res, err
+	}
+	for range rssWindow / rssEvery {
+		time.Sleep(rssEvery)
+		total, file, err := rssMB(node.WeftdPID())
+		if err != nil {
+			return res, err
+		}
+		samples = append(samples, total)
+		if total > res.RSSMB {
+			res.RSSMB, res.RSSFileMB = total, file
+		}
+	}
+	sort.Float64s(samples)
+	res.RSSMedianMB = samples[len(samples)/2]
+	cpu1, err := cpuTime(node.WeftdPID())
+	res.CPU = (cpu1 - cpu0).Seconds() / rssWindow.Seconds()
 	return res, err
+}
+
+// cpuTime reads the user and system time a process has used.
+func cpuTime(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The fields after the command name, which is in parentheses.
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("reading /proc/%d/stat: %v %v", pid, err1, err2)
+	}
+	const ticks = 100 // USER_HZ
+	return time.Duration(utime+stime) * time.Second / ticks, nil
 }
 
 // populated starts an empty cluster whose etcd holds n generated leases;
@@ -95,18 +142,26 @@ func populated(ctx context.Context, bin string, n int) (*sandbox.Cluster, *clien
 	return c, cli, nil
 }
 
-func rssMB(pid int) (float64, error) {
+// rssMB reads a process's resident set and its file-backed part.
+func rssMB(pid int) (total, file float64, err error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
+	found := 0
 	for _, l := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(l, "VmRSS:") {
-			kb, _ := strconv.Atoi(strings.Fields(l)[1])
-			return float64(kb) / 1024, nil
+		for key, v := range map[string]*float64{"VmRSS:": &total, "RssFile:": &file} {
+			if strings.HasPrefix(l, key) {
+				kb, _ := strconv.Atoi(strings.Fields(l)[1])
+				*v = float64(kb) / 1024
+				found++
+			}
 		}
 	}
-	return 0, fmt.Errorf("no VmRSS for pid %d", pid)
+	if found != 2 {
+		return 0, 0, fmt.Errorf("no VmRSS/RssFile for pid %d", pid)
+	}
+	return total, file, nil
 }
 
 // burstResult is the incremental measurements on a node with N peers.

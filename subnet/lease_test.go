@@ -2,6 +2,7 @@ package subnet
 
 import (
 	"encoding/json"
+	"net"
 	"net/netip"
 	"strings"
 	"testing"
@@ -210,5 +211,39 @@ func BenchmarkParseLease(b *testing.B) {
 		if err != nil || cfg.CheckLease(&l) != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+func TestVtepMACFastPathAgreesWithTheDecoder(t *testing.T) {
+	for _, data := range []string{
+		`{"VNI":1,"VtepMAC":"0e:be:00:00:00:01"}`,
+		`{"VNI":4096,"VtepMAC":"0E:BE:00:00:00:01"}`,
+		`{"VNI":1,"VtepMAC":"0e:be:00:00:00:zz"}`,
+		`{"VNI":1,"VtepMAC":"0e:be:00:00:00:01","VtepMAC":"0e:be:00:00:00:02"}`,
+		`{"VNI":1, "VtepMAC":"0e:be:00:00:00:01"}`,
+		`{"VtepMAC":"0e:be:00:00:00:01","VNI":1}`,
+		`{"VNI":1,"vtepmac":"0e:be:00:00:00:01"}`,
+		`{"VNI":,"VtepMAC":"0e:be:00:00:00:01"}`,
+		`{"VNI":1,"VtepMAC":"00:00:5e:00:53:01:00:00"}`,
+		`null`, ``,
+	} {
+		var d struct{ VtepMAC string }
+		var want net.HardwareAddr
+		if json.Unmarshal([]byte(data), &d) == nil {
+			if mac, err := net.ParseMAC(d.VtepMAC); err == nil {
+				want = mac
+			}
+		}
+		if got := VtepMAC(json.RawMessage(data)); got.String() != want.String() {
+			t.Errorf("VtepMAC(%s) = %q, the decoder reads %q", data, got, want)
+		}
+	}
+}
+
+func BenchmarkVtepMAC(b *testing.B) {
+	data := json.RawMessage(`{"VNI":1,"VtepMAC":"0e:be:00:00:00:01"}`)
+	b.ReportAllocs()
+	for b.Loop() {
+		VtepMAC(data)
 	}
 }

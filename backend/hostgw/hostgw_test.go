@@ -10,6 +10,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 	logtest "github.com/sirupsen/logrus/hooks/test"
+	"github.com/vishvananda/netns"
 
 	"github.com/weft-net/weft/backend"
 	"github.com/weft-net/weft/internal/testenv"
@@ -23,7 +24,7 @@ func TestSyncRoutesPeersOnTheSegmentOnly(t *testing.T) {
 		Addrs: []netip.Prefix{netip.MustParsePrefix("198.18.0.1/24")}, LocalIP: netip.MustParseAddr("198.18.0.1")}
 	cfg, _, _ := subnet.ParseConfig([]byte(`{"Network":"100.96.0.0/12","Backend":{"Type":"host-gw"}}`))
 	logger, hook := logtest.NewNullLogger()
-	g, _ := New(backend.Env{Netlink: n.Netlink, Ext: ext, Network: cfg, Log: logrus.NewEntry(logger)})
+	g, _ := New(backend.Env{Netlink: n.Netlink, NetNS: netns.NsHandle(n.Fd()), Ext: ext, Network: cfg, Log: logrus.NewEntry(logger)})
 
 	lease := func(sn, pub, typ string) *subnet.Lease {
 		return &subnet.Lease{Subnet: netip.MustParsePrefix(sn), Attrs: subnet.Attrs{PublicIP: netip.MustParseAddr(pub), BackendType: typ}}

@@ -32,7 +32,6 @@ type IPIP struct {
 	env   backend.Env
 	cfg   subnet.Backend
 	log   *logrus.Entry
-	once  backend.LogOnce
 	index int // weft.ipip's index as the last Sync read it; 0: not read
 	// direct is the underlay's routing table as the last Sync read it.
 	direct *backend.DirectRouter
@@ -120,7 +119,6 @@ func (b *IPIP) ensureDevice() (netlink.Link, error) {
 
 // Sync implements backend.Backend.
 func (b *IPIP) Sync(_ context.Context, self subnet.Lease, peers []*subnet.Lease) ([]backend.Route, []backend.PeerState, error) {
-	defer b.once.EndSync()
 	states := make([]backend.PeerState, len(peers))
 	b.index = 0
 	link, err := b.ensureDevice()

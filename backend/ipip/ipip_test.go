@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/sirupsen/logrus"
+	"github.com/vishvananda/netns"
 
 	"github.com/weft-net/weft/backend"
 	"github.com/weft-net/weft/internal/testenv"
@@ -25,7 +26,7 @@ func newIPIP(t *testing.T) (*testenv.NetNS, *IPIP) {
 	n := testenv.NewNetNS(t)
 	idx := n.AddUplink(t, "eth0", 1500, "198.18.0.1/24")
 	cfg, _, _ := subnet.ParseConfig([]byte(`{"Network":"100.96.0.0/12","Backend":{"Type":"ipip"}}`))
-	b, err := New(backend.Env{Netlink: n.Netlink, Network: cfg, Log: logrus.NewEntry(logrus.New()), Ext: &backend.ExternalInterface{
+	b, err := New(backend.Env{Netlink: n.Netlink, NetNS: netns.NsHandle(n.Fd()), Network: cfg, Log: logrus.NewEntry(logrus.New()), Ext: &backend.ExternalInterface{
 		Name: "eth0", Index: idx, MTU: 1500, LocalIP: netip.MustParseAddr("198.18.0.1"), PublicIP: netip.MustParseAddr("198.18.0.1"),
 		Addrs: []netip.Prefix{netip.MustParsePrefix("198.18.0.1/24")},
 	}})

@@ -489,25 +489,25 @@ func familyName(v6 bool) string {
 	return "IPv4"
 }
 
-// entries lists the permanent neighbour (IP -> MAC) and FDB (MAC -> dst)
+// entries reads the permanent neighbour (IP -> MAC) and FDB (MAC -> dst)
 // entries on the device; all of them are weft's.
-func (v *VXLAN) entries(d *device, idx int) (map[netip.Addr]mac, map[mac]netip.Addr, error) {
-	h := v.env.Netlink
-	neighs := map[netip.Addr]mac{}
-	err := backend.NeighEach(h, idx, d.family(), func(n *netlink.Neigh) {
-		ip, ok := netip.AddrFromSlice(n.IP)
-		if ok && n.State&netlink.NUD_PERMANENT != 0 && len(n.HardwareAddr) == 6 {
-			neighs[ip.Unmap()] = mac(n.HardwareAddr)
+func (v *VXLAN) entries(d *device, idx int) (neighs map[netip.Addr]mac, fdbs map[mac]netip.Addr, err error) {
+	expect := len(d.fdbUsers) // about one entry of each kind per peer
+	restart := func() { neighs = make(map[netip.Addr]mac, expect) }
+	restart()
+	err = backend.DumpNeighs(v.env.NetNS, d.family(), restart, func(n *backend.Neigh) {
+		if n.LinkIndex == idx && n.State&netlink.NUD_PERMANENT != 0 && n.IP.IsValid() && n.HasMAC {
+			neighs[n.IP] = n.MAC
 		}
 	})
 	if err != nil {
 		return nil, nil, fmt.Errorf("listing neighbours on %s: %w", d.name, err)
 	}
-	fdbs := map[mac]netip.Addr{}
-	err = backend.NeighEach(h, idx, syscall.AF_BRIDGE, func(f *netlink.Neigh) {
-		ip, ok := netip.AddrFromSlice(f.IP)
-		if ok && f.LinkIndex == idx && f.State&netlink.NUD_PERMANENT != 0 && !ip.IsUnspecified() && len(f.HardwareAddr) == 6 {
-			fdbs[mac(f.HardwareAddr)] = ip.Unmap()
+	restart = func() { fdbs = make(map[mac]netip.Addr, expect) }
+	restart()
+	err = backend.DumpNeighs(v.env.NetNS, syscall.AF_BRIDGE, restart, func(f *backend.Neigh) {
+		if f.LinkIndex == idx && f.State&netlink.NUD_PERMANENT != 0 && f.IP.IsValid() && !f.IP.IsUnspecified() && f.HasMAC {
+			fdbs[f.MAC] = f.IP
 		}
 	})
 	if err != nil {

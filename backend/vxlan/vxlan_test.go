@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/sirupsen/logrus"
+	"github.com/vishvananda/netns"
 
 	"github.com/weft-net/weft/backend"
 	"github.com/weft-net/weft/internal/testenv"
@@ -18,7 +19,7 @@ import (
 )
 
 // newNode makes a namespace with an eth0 at 198.18.0.1/24.
-func newNode(t *testing.T) (*testenv.NetNS, *backend.ExternalInterface) {
+func newNode(t testing.TB) (*testenv.NetNS, *backend.ExternalInterface) {
 	t.Helper()
 	n := testenv.NewNetNS(t)
 	idx := n.AddUplink(t, "eth0", 1500, "198.18.0.1/24")
@@ -29,13 +30,13 @@ func newNode(t *testing.T) (*testenv.NetNS, *backend.ExternalInterface) {
 	}
 }
 
-func newVXLAN(t *testing.T, n *testenv.NetNS, ext *backend.ExternalInterface, conf string) *VXLAN {
+func newVXLAN(t testing.TB, n *testenv.NetNS, ext *backend.ExternalInterface, conf string) *VXLAN {
 	t.Helper()
 	cfg, _, err := subnet.ParseConfig([]byte(conf))
 	if err != nil {
 		t.Fatal(err)
 	}
-	v, err := New(backend.Env{Netlink: n.Netlink, Ext: ext, Network: cfg, Log: logrus.NewEntry(logrus.New())})
+	v, err := New(backend.Env{Netlink: n.Netlink, NetNS: netns.NsHandle(n.Fd()), Ext: ext, Network: cfg, Log: logrus.NewEntry(logrus.New())})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -291,5 +292,81 @@ func TestStableMAC(t *testing.T) {
 	}
 	if a[0]&0x01 != 0 || a[0]&0x02 == 0 {
 		t.Fatalf("%s is not a locally administered unicast MAC", net.HardwareAddr(a))
+	}
+}
+
+// benchPeers makes n vxlan peers on the node's segment.
+func benchPeers(n int) []*subnet.Lease {
+	peers := make([]*subnet.Lease, n)
+	for i := range peers {
+		j := i + 2
+		peers[i] = &subnet.Lease{
+			Subnet: netip.PrefixFrom(netip.AddrFrom4([4]byte{100, 96 + byte(j>>8), byte(j), 0}), 24),
+			Attrs: subnet.Attrs{
+				PublicIP:    netip.AddrFrom4([4]byte{198, 18, byte(j >> 8), byte(j)}),
+				BackendType: "vxlan",
+				BackendData: json.RawMessage(fmt.Sprintf(`{"VNI":1,"VtepMAC":"0e:00:00:00:%02x:%02x"}`, j>>8&255, j&255)),
+			},
+		}
+	}
+	return peers
+}
+
+// BenchmarkFullSync10k is one periodic resync of a node with 10,000 vxlan
+// peers programmed: reading the device's neighbour and FDB entries and the
+// routes back from the kernel and finding nothing to change.
+func BenchmarkFullSync10k(b *testing.B) {
+	n, ext := newNode(b)
+	v := newVXLAN(b, n, ext, `{"Network":"100.96.0.0/12"}`)
+	if _, err := v.Setup(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+	peers := benchPeers(10000)
+	routes, _, err := v.Sync(context.Background(), self, peers)
+	if err == nil {
+		_, err = backend.SyncRoutes(n.Netlink, routes)
+	}
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		routes, _, err := v.Sync(context.Background(), self, peers)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if changed, err := backend.SyncRoutes(n.Netlink, routes); err != nil || changed != 0 {
+			b.Fatalf("changed %d routes: %v", changed, err)
+		}
+	}
+}
+
+// BenchmarkUpdateOnePeer10k is one lease changing its VTEP MAC on a node
+// with 10,000 vxlan peers: two FDB entries, one neighbour, one route.
+func BenchmarkUpdateOnePeer10k(b *testing.B) {
+	n, ext := newNode(b)
+	v := newVXLAN(b, n, ext, `{"Network":"100.96.0.0/12"}`)
+	if _, err := v.Setup(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+	peers := benchPeers(10000)
+	if _, _, err := v.Sync(context.Background(), self, peers); err != nil {
+		b.Fatal(err)
+	}
+	a, z := *peers[0], *peers[0]
+	z.BackendData = json.RawMessage(`{"VNI":1,"VtepMAC":"0e:ff:ff:ff:ff:ff"}`)
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		old, cur := &a, &z
+		if i%2 == 1 {
+			old, cur = cur, old
+		}
+		delta, _, err := v.Update(context.Background(), self, []backend.Change{{Old: old, New: cur}})
+		if err == nil {
+			err = backend.ApplyRoutes(n.Netlink, delta)
+		}
+		if err != nil {
+			b.Fatal(err)
+		}
 	}
 }

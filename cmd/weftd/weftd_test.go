@@ -72,6 +72,7 @@ func TestInvalidFlagsAndConfigExit2(t *testing.T) {
 		{"prefix", []string{"--etcd-prefix", "weft"}, nil, `--etcd-prefix "weft" must start with /`},
 		{"lease ttl", []string{"--lease-ttl", "1s"}, nil, "--lease-ttl 1s is too short"},
 		{"resync", []string{"--resync-interval", "0s"}, nil, "--resync-interval 0s must be positive"},
+		{"gc percent", []string{"--gc-percent", "0"}, nil, "--gc-percent 0 must be from 10 to 1000"},
 		{"subnet file", []string{"--subnet-file", ""}, nil, "--subnet-file is empty"},
 		{"node name", []string{"--node-name", ""}, nil, "--node-name is empty"},
 		{"healthz addr", []string{"--healthz-addr", "127.0.0.1:99999"}, nil, "--healthz-addr 127.0.0.1:99999"},

@@ -5,6 +5,8 @@
 # distribution kernel.
 #
 #   e2e/vm/run.sh [TEST-REGEX]      default: the ipip tests and the vxlan mesh
+#   WEFT_VM_BENCH=1 e2e/vm/run.sh    the ipip data-path benchmark instead
+#                                   (go run ./bench -vm-ipip, with iperf3)
 #
 #   host ── qemu-system-x86_64 -accel tcg ── Debian cloud kernel
 #                                             └── initramfs: busybox, iproute2, ping, nft,
@@ -15,7 +17,7 @@
 # The VM's console is printed as it runs; the last line it prints is
 # "WEFT-VM-RESULT rc=N", and this script exits with N (1 if there is none).
 # Needs: qemu-system-x86, busybox-static, cpio, iproute2, iputils-ping,
-# nftables, and apt access to Debian's archive (the kernel package is
+# nftables (and iperf3 for the benchmark), and apt access to Debian's archive (the kernel package is
 # fetched with apt-get download and cached in $WEFT_VM_CACHE).
 set -euo pipefail
 
@@ -50,8 +52,10 @@ root="$work/root"
 mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,run,tmp,etc,root,weft/bin,lib/modules}
 cp /usr/bin/busybox "$root/bin/busybox"
 # Dynamically linked tools the tests call, with their libraries.
-for tool in ip bridge nft ping tc; do
-	path=$(command -v "$tool")
+tools="ip bridge nft ping tc"
+[ "${WEFT_VM_BENCH:-}" = 1 ] && tools="$tools iperf3"
+for tool in $tools; do
+	path=$(command -v "$tool") || { echo "run.sh: $tool is not installed" >&2; exit 1; }
 	cp "$path" "$root/usr/sbin/$tool"
 	ldd "$path" | awk '/=>/ {print $3} /^\t\/.*ld-linux/ {print $1}' | while read -r lib; do
 		[ -n "$lib" ] && [ -f "$lib" ] && mkdir -p "$root$(dirname "$lib")" && cp -L "$lib" "$root$lib"
@@ -65,7 +69,13 @@ printf '127.0.0.1 localhost\n::1 localhost\n' > "$root/etc/hosts"
 # weft's binaries (static) and the e2e test binary.
 (cd "$top" && make -s build >/dev/null)
 cp "$top"/bin/* "$root/weft/bin/"
-(cd "$top" && CGO_ENABLED=0 go test -c -o "$root/weft/e2e.test" ./e2e/)
+if [ "${WEFT_VM_BENCH:-}" = 1 ]; then
+	(cd "$top" && CGO_ENABLED=0 go build -o "$root/weft/bench" ./bench/)
+	printf '%s\n' './bench -vm-ipip -bin /weft/bin' > "$root/weft/cmd.sh"
+else
+	(cd "$top" && CGO_ENABLED=0 go test -c -o "$root/weft/e2e.test" ./e2e/)
+	printf '%s\n' "./e2e.test -test.v -test.count=1 -test.timeout=14m -test.run '$run'" > "$root/weft/cmd.sh"
+fi
 
 # Network modules and their dependency lists.
 mods="$kdir/lib/modules/$kver"
@@ -75,7 +85,6 @@ for d in net drivers/net lib crypto; do
 	[ -d "$mods/kernel/$d" ] && mkdir -p "$root/lib/modules/$kver/kernel/$(dirname "$d")" && cp -r "$mods/kernel/$d" "$root/lib/modules/$kver/kernel/$d"
 done
 
-printf '%s\n' "$run" > "$root/weft/run"
 cat > "$root/init" <<'INIT'
 #!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -93,14 +102,14 @@ for m in veth bridge vxlan tunnel4 ip_tunnel ipip nf_tables nft_chain_nat nft_ma
 done
 echo "init: kernel $(uname -r), modules loaded: $(cut -d' ' -f1 /proc/modules | tr '\n' ' ')"
 cd /weft
-./e2e.test -test.v -test.count=1 -test.timeout=14m -test.run "$(cat /weft/run)"
+sh /weft/cmd.sh
 rc=$?
 echo "WEFT-VM-RESULT rc=$rc"
 poweroff -f
 INIT
 chmod +x "$root/init"
 (cd "$root" && find . | cpio -o -H newc --quiet) > "$work/initrd"
-echo "run.sh: initramfs $(du -h "$work/initrd" | cut -f1), kernel $kver, tests $run"
+echo "run.sh: initramfs $(du -h "$work/initrd" | cut -f1), kernel $kver, running: $(cat "$root/weft/cmd.sh")"
 
 # 3. Boot it.
 log="$work/console.log"

@@ -38,6 +38,9 @@ type Config struct {
 	// ResyncInterval is how often the kernel is compared with the leases
 	// even without events (drift repair).
 	ResyncInterval time.Duration
+	// GCPercent is the Go collector's target (GOGC) once weftd is ready:
+	// startup, a burst of work, runs with Go's default.
+	GCPercent int
 
 	Log *logrus.Logger
 }
@@ -92,6 +95,9 @@ func (c *Config) Validate() error {
 	}
 	if c.ResyncInterval <= 0 {
 		return invalid("--resync-interval %v must be positive", c.ResyncInterval)
+	}
+	if c.GCPercent < 10 || c.GCPercent > 1000 {
+		return invalid("--gc-percent %d must be from 10 to 1000", c.GCPercent)
 	}
 	if c.Log == nil {
 		return errors.New("daemon: no logger")

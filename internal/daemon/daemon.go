@@ -433,8 +433,10 @@ func (d *daemon) finishStartup() error {
 	}
 	d.state.update(func(s *status.Status) { s.Ready, s.NotReady = true, "" })
 	d.metrics.ready.Set(1)
-	// Startup's garbage (two full listings, the first sync) is the most
-	// weftd ever holds; give it back rather than keep it resident.
+	// Startup's garbage (the listing, the first sync) is the most weftd
+	// ever holds; give it back rather than keep it resident, and from now
+	// on collect sooner: steady state allocates little.
+	debug.SetGCPercent(d.cfg.GCPercent)
 	debug.FreeOSMemory()
 	if err := notifySystemd("READY=1"); err != nil {
 		d.log.WithError(err).Warn("cannot notify systemd")

@@ -126,7 +126,11 @@ func (s *peerSet) takeChanges() []change {
 			changes = append(changes, change{key: key, old: old, new: cur})
 		}
 	}
-	clear(s.before)
+	if len(s.before) > 1024 {
+		s.before = map[string]*peer{} // a map keeps its size: drop a big one
+	} else {
+		clear(s.before)
+	}
 	return changes
 }
 
