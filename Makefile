@@ -49,10 +49,11 @@ fuzz:
 
 ## bench: Go benchmarks of the hot pure code, then the cluster benchmarks
 ## (cold start, bursts, latency, memory, etcd load, data path) written to
-## docs/benchmarks.md and docs/convergence.png. Needs root and iperf3.
+## docs/benchmarks.md and docs/convergence.png. Needs root and iperf3;
+## the ipip data path boots the QEMU VM of test-vm (-skip-vm in BENCHFLAGS skips it).
 bench: build
-	$(GO) test -run '^$$' -bench . -benchmem ./subnet/ ./backend/ | tee $(BIN)/microbench.txt
-	$(GO) run ./bench -bin $(BIN) -micro $(BIN)/microbench.txt
+	$(GO) test -run '^$$' -bench . -benchmem ./subnet/ ./backend/... | tee $(BIN)/microbench.txt
+	$(GO) run ./bench -bin $(BIN) -micro $(BIN)/microbench.txt $(BENCHFLAGS)
 
 ## demo: a 3-node cluster in network namespaces, pods through the CNI plugin,
 ## the leases and a reachability matrix; then tears it down (KEEP=1 leaves it

@@ -96,8 +96,8 @@ func dataPath(ctx context.Context, bin string, backends ...string) ([]pathResult
 }
 
 // byHand builds two nodes with a pod each and programs the backend's
-// kernel state with ip commands, as an operator following flannel's scheme
-// would, then measures the same two paths.
+// kernel state with ip and nft commands, as an operator following flannel's
+// scheme would, then measures the same two paths.
 func byHand(backend string) (pod, node float64, err error) {
 	const p = "wbh"
 	ns := []string{p + "-n1", p + "-n2", p + "-p1", p + "-p2"}
@@ -132,6 +132,21 @@ func byHand(backend string) (pod, node float64, err error) {
 			[]string{"ip", "-n", pod, "addr", "add", sub + ".2/24", "dev", "eth0"},
 			[]string{"ip", "-n", pod, "link", "set", "eth0", "up"},
 			[]string{"ip", "-n", pod, "route", "add", "default", "via", sub + ".1"},
+		)
+	}
+	// The firewall state a weft node has: weftd's forward rules for the
+	// pod network, and the CNI plugin's masquerade of the pod's traffic
+	// leaving it (its NAT chain turns on connection tracking).
+	for i := range 2 {
+		node, pod := ns[i], fmt.Sprintf("100.96.%d.2", 240+i)
+		cmds = append(cmds,
+			[]string{"ip", "netns", "exec", node, "nft", "add table inet weft"},
+			[]string{"ip", "netns", "exec", node, "nft", "add chain inet weft forward { type filter hook forward priority 0; policy accept; }"},
+			[]string{"ip", "netns", "exec", node, "nft", "add rule inet weft forward ip saddr 100.96.0.0/12 accept"},
+			[]string{"ip", "netns", "exec", node, "nft", "add rule inet weft forward ip daddr 100.96.0.0/12 accept"},
+			[]string{"ip", "netns", "exec", node, "nft", "add table inet weft-cni"},
+			[]string{"ip", "netns", "exec", node, "nft", "add chain inet weft-cni postrouting { type nat hook postrouting priority 100; policy accept; }"},
+			[]string{"ip", "netns", "exec", node, "nft", "add rule inet weft-cni postrouting ip saddr " + pod + " ip daddr != 100.96.0.0/12 masquerade fully-random"},
 		)
 	}
 	for i := range 2 {

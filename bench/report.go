@@ -126,7 +126,7 @@ func (r *report) markdown(pngPath string) string {
 	if r.Micro != "" {
 		p("## Hot pure code")
 		p("")
-		p("`go test -run '^$' -bench . -benchmem ./subnet/ ./backend/`:")
+		p("`go test -run '^$' -bench . -benchmem ./subnet/ ./backend/...`:")
 		p("")
 		p("```")
 		for _, l := range strings.Split(strings.TrimSpace(r.Micro), "\n") {

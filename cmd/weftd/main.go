@@ -89,7 +89,7 @@ func flags() []cli.Flag {
 		&cli.StringFlag{Name: "node-name", Value: host, EnvVars: env("node-name"), Usage: "this node's name, recorded in its lease"},
 		&cli.DurationFlag{Name: "lease-ttl", Value: 24 * time.Hour, EnvVars: env("lease-ttl"), Usage: "TTL of the etcd lease on this node's subnet; kept alive while weftd runs"},
 		&cli.DurationFlag{Name: "resync-interval", Value: 5 * time.Second, EnvVars: env("resync-interval"), Usage: "how often to compare the kernel with the leases and repair drift"},
-		&cli.IntFlag{Name: "gc-percent", Value: 25, EnvVars: env("gc-percent"), Usage: "once ready, how far (in percent) the Go heap may grow over live data before a collection (GOGC; lower: less memory, more CPU)"},
+		&cli.IntFlag{Name: "gc-percent", Value: 25, EnvVars: env("gc-percent"), Usage: "once ready, how far (in percent) the Go heap may grow over live data before a collection (lower: less memory, more CPU); the GOGC environment variable, when set, wins"},
 		&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: env("log-level"), Usage: "debug, info, warn or error"},
 		&cli.StringFlag{Name: "log-format", Value: "text", EnvVars: env("log-format"), Usage: "text or json"},
 	)

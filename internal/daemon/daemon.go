@@ -435,8 +435,11 @@ func (d *daemon) finishStartup() error {
 	d.metrics.ready.Set(1)
 	// Startup's garbage (the listing, the first sync) is the most weftd
 	// ever holds; give it back rather than keep it resident, and from now
-	// on collect sooner: steady state allocates little.
-	debug.SetGCPercent(d.cfg.GCPercent)
+	// on collect sooner: steady state allocates little. GOGC, when set,
+	// wins (as with Calico's Felix).
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(d.cfg.GCPercent)
+	}
 	debug.FreeOSMemory()
 	if err := notifySystemd("READY=1"); err != nil {
 		d.log.WithError(err).Warn("cannot notify systemd")
