@@ -316,26 +316,15 @@ func benchPeers(n int) []*subnet.Lease {
 // peers programmed: reading the device's neighbour and FDB entries and the
 // routes back from the kernel and finding nothing to change.
 func BenchmarkFullSync10k(b *testing.B) {
-	n, ext := newNode(b)
-	v := newVXLAN(b, n, ext, `{"Network":"100.96.0.0/12"}`)
-	if _, err := v.Setup(context.Background()); err != nil {
-		b.Fatal(err)
-	}
-	peers := benchPeers(10000)
-	routes, _, err := v.Sync(context.Background(), self, peers)
-	if err == nil {
-		_, err = backend.SyncRoutes(n.Netlink, routes)
-	}
-	if err != nil {
-		b.Fatal(err)
-	}
+	v, peers := programmed(b, 10000)
+	n := v.env.Netlink
 	b.ReportAllocs()
 	for b.Loop() {
 		routes, _, err := v.Sync(context.Background(), self, peers)
 		if err != nil {
 			b.Fatal(err)
 		}
-		if changed, err := backend.SyncRoutes(n.Netlink, routes); err != nil || changed != 0 {
+		if changed, err := backend.SyncRoutes(n, routes); err != nil || changed != 0 {
 			b.Fatalf("changed %d routes: %v", changed, err)
 		}
 	}
@@ -344,15 +333,7 @@ func BenchmarkFullSync10k(b *testing.B) {
 // BenchmarkUpdateOnePeer10k is one lease changing its VTEP MAC on a node
 // with 10,000 vxlan peers: two FDB entries, one neighbour, one route.
 func BenchmarkUpdateOnePeer10k(b *testing.B) {
-	n, ext := newNode(b)
-	v := newVXLAN(b, n, ext, `{"Network":"100.96.0.0/12"}`)
-	if _, err := v.Setup(context.Background()); err != nil {
-		b.Fatal(err)
-	}
-	peers := benchPeers(10000)
-	if _, _, err := v.Sync(context.Background(), self, peers); err != nil {
-		b.Fatal(err)
-	}
+	v, peers := programmed(b, 10000)
 	a, z := *peers[0], *peers[0]
 	z.BackendData = json.RawMessage(`{"VNI":1,"VtepMAC":"0e:ff:ff:ff:ff:ff"}`)
 	b.ReportAllocs()
@@ -363,10 +344,29 @@ func BenchmarkUpdateOnePeer10k(b *testing.B) {
 		}
 		delta, _, err := v.Update(context.Background(), self, []backend.Change{{Old: old, New: cur}})
 		if err == nil {
-			err = backend.ApplyRoutes(n.Netlink, delta)
+			err = backend.ApplyRoutes(v.env.Netlink, delta)
 		}
 		if err != nil {
 			b.Fatal(err)
 		}
 	}
+}
+
+// programmed returns a vxlan backend in a new namespace with n peers
+// programmed, routes included.
+func programmed(b *testing.B, n int) (*VXLAN, []*subnet.Lease) {
+	ns, ext := newNode(b)
+	v := newVXLAN(b, ns, ext, `{"Network":"100.96.0.0/12"}`)
+	if _, err := v.Setup(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+	peers := benchPeers(n)
+	routes, _, err := v.Sync(context.Background(), self, peers)
+	if err == nil {
+		_, err = backend.SyncRoutes(ns.Netlink, routes)
+	}
+	if err != nil {
+		b.Fatal(err)
+	}
+	return v, peers
 }
