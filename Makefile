@@ -49,9 +49,11 @@ fuzz:
 
 ## bench: Go benchmarks of the hot pure code, then the cluster benchmarks
 ## (cold start, bursts, latency, memory, etcd load, data path) written to
-## docs/benchmarks.md and docs/convergence.png. Needs root and iperf3;
-## the ipip data path boots the QEMU VM of test-vm (-skip-vm in BENCHFLAGS skips it).
+## docs/benchmarks.md and docs/convergence.png. Needs root; installs iperf3
+## and the VM's packages if missing. The ipip data path boots the QEMU VM of
+## test-vm (BENCHFLAGS=-skip-vm skips it).
 bench: build
+	scripts/need iperf3 iproute2 nftables qemu-system-x86 busybox-static cpio
 	$(GO) test -run '^$$' -bench . -benchmem ./subnet/ ./backend/... | tee $(BIN)/microbench.txt
 	$(GO) run ./bench -bin $(BIN) -micro $(BIN)/microbench.txt $(BENCHFLAGS)
 
