@@ -28,6 +28,43 @@ type coldResult struct {
 	RSSMB, RSSMedianMB, RSSFileMB float64
 	// CPU is the share of one core weftd used in that window.
 	CPU float64
+	// Go is what weftd's Go runtime reports on /metrics after the window.
+	Go goMemory
+}
+
+// goMemory is the Go runtime's view of weftd's memory, in MB.
+type goMemory struct {
+	HeapInuse, NextGC, GCSys, StackSys float64
+}
+
+// readGoMemory scrapes the runtime's memory figures from n's /metrics.
+func readGoMemory(c *sandbox.Cluster, n *sandbox.Node) (goMemory, error) {
+	code, body, err := c.Get(n, "/metrics")
+	if err != nil || code != 200 {
+		return goMemory{}, fmt.Errorf("reading weftd's /metrics: %d %v", code, err)
+	}
+	var m goMemory
+	want := map[string]*float64{
+		"go_memstats_heap_inuse_bytes": &m.HeapInuse,
+		"go_memstats_next_gc_bytes":    &m.NextGC,
+		"go_memstats_gc_sys_bytes":     &m.GCSys,
+		"go_memstats_stack_sys_bytes":  &m.StackSys,
+	}
+	for _, l := range strings.Split(body, "\n") {
+		name, value, ok := strings.Cut(l, " ")
+		if v, known := want[name]; ok && known {
+			b, err := strconv.ParseFloat(value, 64)
+			if err != nil {
+				return goMemory{}, fmt.Errorf("/metrics: %s: %w", l, err)
+			}
+			*v = b / (1 << 20)
+			delete(want, name)
+		}
+	}
+	if len(want) > 0 {
+		return goMemory{}, fmt.Errorf("/metrics lacks %v", want)
+	}
+	return m, nil
 }
 
 // rssWindow covers two periodic resyncs (--resync-interval, 5 s), the
@@ -101,7 +138,11 @@ func coldStart(ctx context.Context, bin string, n int) (coldResult, error) {
 	sort.Float64s(samples)
 	res.RSSMedianMB = samples[len(samples)/2]
 	cpu1, err := cpuTime(node.WeftdPID())
+	if err != nil {
+		return res, err
+	}
 	res.CPU = (cpu1 - cpu0).Seconds() / rssWindow.Seconds()
+	res.Go, err = readGoMemory(c, node)
 	return res, err
 }
 

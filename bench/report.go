@@ -65,8 +65,11 @@ func (r *report) markdown(pngPath string) string {
 		p("converging (two periodic resyncs, which read the kernel): peak %.1f MB, median %.1f MB", last.RSSMB, last.RSSMedianMB)
 		p("(target ≤ 30 MB: %s). %.1f MB of the peak are pages of the weftd binary that the kernel", verdict(last.RSSMB <= 30), last.RSSFileMB)
 		p("maps from the page cache (file-backed, shared, reclaimable; about the binary's size on this")
-		p("kernel, whatever N); the rest is weftd's own memory. In that window weftd used %.1f%% of", 100*last.CPU)
-		p("one core.")
+		p("kernel, whatever N); the other %.1f MB are weftd's own (anonymous) memory, of which its", last.RSSMB-last.RSSFileMB)
+		p("Go runtime reports (`/metrics`, after the window) a heap in use of %.1f MB with the next", last.Go.HeapInuse)
+		p("collection due at %.1f MB (`--gc-percent`), %.1f MB of collector metadata and %.1f MB of", last.Go.NextGC, last.Go.GCSys, last.Go.StackSys)
+		p("stacks; the rest is the runtime's own structures and heap pages not yet returned. In that")
+		p("window weftd used %.1f%% of one core.", 100*last.CPU)
 		p("")
 	}
 	p("## Incremental")

@@ -139,11 +139,11 @@ func (b *IPIP) Sync(_ context.Context, self subnet.Lease, peers []*subnet.Lease)
 
 // Update implements backend.Backend: ipip has only routes.
 func (b *IPIP) Update(_ context.Context, _ subnet.Lease, changes []backend.Change) (backend.RouteDelta, []backend.PeerState, error) {
+	if b.index == 0 || b.direct == nil {
+		return backend.RouteDelta{}, nil, fmt.Errorf("%s has not been read yet; a full sync is needed", DeviceName)
+	}
 	var d backend.RouteDelta
 	states := make([]backend.PeerState, len(changes))
-	if b.index == 0 || b.direct == nil {
-		return d, states, fmt.Errorf("%s has not been read yet; a full sync is needed", DeviceName)
-	}
 	for i, c := range changes {
 		if c.New != nil {
 			d.Add, states[i] = b.route(d.Add, c.New)

@@ -399,7 +399,7 @@ func (v *VXLAN) Update(_ context.Context, _ subnet.Lease, changes []backend.Chan
 	var errs errList
 	for i, d := range v.devs {
 		if d.index == 0 || d.fdbUsers == nil {
-			return delta, states, fmt.Errorf("%s has not been read yet; a full sync is needed", d.name)
+			return backend.RouteDelta{}, nil, fmt.Errorf("%s has not been read yet; a full sync is needed", d.name)
 		}
 		for j, c := range changes {
 			var old, cur entry

@@ -18,9 +18,10 @@ import (
 
 // fakeBackend records the calls it gets and the peers it holds.
 type fakeBackend struct {
-	mu    sync.Mutex
-	calls int
-	held  map[string]subnet.Lease
+	mu      sync.Mutex
+	calls   int
+	updates int // calls that were Update
+	held    map[string]subnet.Lease
 }
 
 var _ backend.Backend = (*fakeBackend)(nil)
@@ -49,6 +50,7 @@ func (f *fakeBackend) Update(_ context.Context, _ subnet.Lease, changes []backen
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls++
+	f.updates++
 	states := make([]backend.PeerState, len(changes))
 	for i, c := range changes {
 		if c.Old != nil {
@@ -165,4 +167,51 @@ func TestSyncLoopIgnoresSelfAndOverlaps(t *testing.T) {
 	}
 	cancel()
 	<-done
+}
+
+func TestSyncLoopUpdatesOnlyWhatChanged(t *testing.T) {
+	fb := &fakeBackend{}
+	d := newTestDaemon(fb)
+	events := make(chan []subnet.Event, 2)
+	events <- []subnet.Event{{Type: subnet.Added, Lease: lease(2)}, {Type: subnet.Added, Lease: lease(3)}, {Type: subnet.Added, Lease: lease(4)}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- d.syncLoop(ctx, lease(1), events, nil, nil, func() error { return nil }) }()
+	defer func() { cancel(); <-done }()
+	wait := func(want []string) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			if _, held := fb.state(); slices.Equal(held, want) {
+				return
+			}
+			if time.Now().After(deadline) {
+				_, held := fb.state()
+				t.Fatalf("backend holds %v, want %v", held, want)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	wait([]string{lease(2).Key(), lease(3).Key(), lease(4).Key()})
+
+	moved := lease(3)
+	moved.PublicIP = netip.MustParseAddr("198.18.9.3")
+	events <- []subnet.Event{{Type: subnet.Removed, Lease: lease(2)}, {Type: subnet.Added, Lease: moved}, {Type: subnet.Added, Lease: lease(5)}}
+	wait([]string{lease(3).Key(), lease(4).Key(), lease(5).Key()})
+	fb.mu.Lock()
+	calls, updates, got := fb.calls, fb.updates, fb.held[moved.Key()].PublicIP
+	fb.mu.Unlock()
+	if calls != 2 || updates != 1 {
+		t.Errorf("%d calls, %d of them Update; want a full Sync, then one Update", calls, updates)
+	}
+	if got != moved.PublicIP {
+		t.Errorf("the backend holds %s for the moved peer, want %s", got, moved.PublicIP)
+	}
+	deadline := time.Now().Add(5 * time.Second) // the status follows the sync
+	for st := d.state.get(); st.Peers.Known != 3 || st.Peers.Programmed != 3; st = d.state.get() {
+		if time.Now().After(deadline) {
+			t.Fatalf("status peers = %+v, want 3 known and programmed", st.Peers)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
