@@ -344,6 +344,13 @@ func (d *daemon) syncLoop(ctx context.Context, self subnet.Lease, events <-chan 
 			d.refreshInterface(ctx)
 			peers.setUnderlay(d.ext.Addrs)
 		}
+		if full && isReady && peers.hasChanges() {
+			// Lease changes first: a full sync reads the kernel, tens of
+			// milliseconds with thousands of peers.
+			if err := d.sync(ctx, self, peers, false); err != nil {
+				log.WithError(err).Debug("update before a full sync incomplete")
+			}
+		}
 		err := d.sync(ctx, self, peers, full)
 		full = err != nil
 		if !isReady && err == nil {

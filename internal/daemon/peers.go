@@ -117,6 +117,9 @@ func (s *peerSet) touch(key string, p *peer) {
 	}
 }
 
+// hasChanges reports whether takeChanges may have something to return.
+func (s *peerSet) hasChanges() bool { return len(s.before) > 0 }
+
 // takeChanges returns what changed among the admitted peers since it was
 // last called.
 func (s *peerSet) takeChanges() []change {
