@@ -12,9 +12,14 @@ TESTFLAGS ?= -count=1 -timeout 30m
 
 all: build
 
+# Leave out what weft does not use: urfave/cli's man-page generator and
+# gRPC's x/net/trace (0.6 MB of weftd; the kernel maps nearly all of a
+# binary's pages, so its size is resident memory).
+BUILDTAGS := urfave_cli_no_docs,grpcnotrace
+
 ## build: every binary into bin/ (static)
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
+	CGO_ENABLED=0 $(GO) build -trimpath -tags '$(BUILDTAGS)' -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
 
 # Tests that need a kernel feature this machine lacks (IP-in-IP) run only in
 # the VM, which boots Debian's stock cloud kernel.
