@@ -120,8 +120,11 @@ func cluster(ctx context.Context, bin, conf string) (*sandbox.Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	return sandbox.Up(ctx, sandbox.Options{Name: fmt.Sprintf("wb%d", os.Getpid()%100000), Dir: dir, BinDir: bin, NetConf: conf,
-		ResyncInterval: 5 * time.Second}) // weftd's default
+	return sandbox.Up(ctx, sandbox.Options{
+		Name: fmt.Sprintf("wb%d", os.Getpid()%100000), Dir: dir, BinDir: bin, NetConf: conf,
+		ResyncInterval: 5 * time.Second, // weftd's default
+		EtcdFsync:      true,            // as a production etcd
+	})
 }
 
 // release stops a cluster and removes its directory (logs, etcd data).

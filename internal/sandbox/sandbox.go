@@ -56,6 +56,9 @@ type Options struct {
 	ResyncInterval time.Duration
 	// EtcdMembers is the size of the etcd cluster (default 1).
 	EtcdMembers int
+	// EtcdFsync makes etcd sync its log to disk on every commit, as a
+	// production etcd does; tests skip it (--unsafe-no-fsync) for speed.
+	EtcdFsync bool
 	// ConfigFiles gives every node its own net-conf.json file
 	// (--net-config-path), laid out as a Kubernetes ConfigMap volume is, so
 	// that SetNodeConfig can update it the way the kubelet does.
@@ -240,7 +243,7 @@ func (c *Cluster) startMember(i int) error {
 		"--listen-client-urls", c.memberClientURL(i),
 		"--listen-peer-urls", c.memberPeerURL(i),
 		"--initial-cluster", strings.Join(cluster, ","),
-		"--unsafe-no-fsync")
+		"--unsafe-no-fsync="+strconv.FormatBool(!c.opts.EtcdFsync))
 	if err != nil {
 		return err
 	}
