@@ -228,13 +228,11 @@ func TestFiftyConcurrentAddsGetDistinctAddresses(t *testing.T) {
 func TestGCReleasesVanishedContainers(t *testing.T) {
 	n := newNode(t, defaultEnv)
 	list := n.conf(t, "1.1.0", "")
-	var rts []*libcni.RuntimeConf
 	for i := range 3 {
 		_, rt := container(t, fmt.Sprintf("gc%d", i))
 		if _, err := n.add(t, list, rt); err != nil {
 			t.Fatal(err)
 		}
-		rts = append(rts, rt)
 	}
 	valid := []types.GCAttachment{{ContainerID: "gc0", IfName: "eth0"}}
 	if err := n.in(t, func() error {

@@ -388,19 +388,18 @@ func (v *VXLAN) syncDevice(d *device, i int, self subnet.Lease, peers []*subnet.
 // changed peers and deletes those of departed ones, from what their leases
 // say, without reading the kernel.
 func (v *VXLAN) Update(_ context.Context, _ subnet.Lease, changes []backend.Change) (backend.RouteDelta, []backend.PeerState, error) {
+	for _, d := range v.devs {
+		if d.index == 0 || d.fdbUsers == nil {
+			return backend.RouteDelta{}, nil, fmt.Errorf("%s has not been read yet; a full sync is needed", d.name)
+		}
+	}
 	var delta backend.RouteDelta
 	states := make([]backend.PeerState, len(changes))
 	for i := range states {
 		states[i] = backend.Encapsulated
 	}
-	if v.direct == nil {
-		v.direct = backend.NewDirectRouter(v.env, v.cfg.DirectRouting)
-	}
 	var errs errList
 	for i, d := range v.devs {
-		if d.index == 0 || d.fdbUsers == nil {
-			return backend.RouteDelta{}, nil, fmt.Errorf("%s has not been read yet; a full sync is needed", d.name)
-		}
 		for j, c := range changes {
 			var old, cur entry
 			var oldOK, curOK bool

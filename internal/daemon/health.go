@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/weft-net/weft/backend"
@@ -48,7 +49,7 @@ func newMetrics(backendType string, watchRestarts func() uint64) *metrics {
 	restarts := prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "weft_etcd_watch_restarts_total", Help: "Times the lease watch had to be re-established."},
 		func() float64 { return float64(watchRestarts()) })
 	m.registry.MustRegister(m.peers, m.syncDuration, m.syncErrors, m.leaseTTL, m.ready, m.backendInfo, m.configRejected, restarts,
-		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 

@@ -145,9 +145,7 @@ func (s *peerSet) admitOne(key string, p, prev *peer) bool {
 	for _, sn := range [...]netip.Prefix{p.lease.Subnet, p.lease.IPv6Subnet} {
 		if sn.IsValid() {
 			if o, ok := s.owner[sn]; ok && o != key {
-				p.refused, p.contended = "contended", true // until admitAll decides
-				s.refused++
-				s.contended++
+				s.markRefused(p, "contended", true) // until admitAll decides
 				return false
 			}
 		}
@@ -162,38 +160,29 @@ func (s *peerSet) admitOne(key string, p, prev *peer) bool {
 
 // admitAll works out admission for every lease (see admit).
 func (s *peerSet) admitAll() {
-	wasAdmitted := make(map[string]bool, len(s.all))
-	for key, p := range s.all {
-		wasAdmitted[key] = p.admitted()
-	}
 	refused, contended := admit(s.all, s.self, s.underlay)
 	clear(s.owner)
 	clear(s.byType)
 	s.counts = [backend.NumPeerStates]int{}
 	s.refused, s.contended = 0, 0
 	for key, p := range s.all {
-		if _, ok := refused[key]; wasAdmitted[key] == ok { // admission flips
+		why, isRefused := refused[key]
+		if p.admitted() == isRefused { // admission flips
 			s.touch(key, p)
 		}
-		prevWhy := p.refused
-		p.refused, p.contended = "", false
-		if why, ok := refused[key]; ok {
-			if why != prevWhy {
-				s.log.WithField("peer", key).Warn("refusing lease: " + why)
-			}
-			p.refused, p.contended = why, contended[key]
-			s.refused++
-			if p.contended {
-				s.contended++
-			}
+		if !isRefused {
+			s.admit(key, p)
 			continue
 		}
-		s.admit(key, p)
+		if why != p.refused {
+			s.log.WithField("peer", key).Warn("refusing lease: " + why)
+		}
+		s.markRefused(p, why, contended[key])
 	}
 }
 
 func (s *peerSet) admit(key string, p *peer) {
-	p.refused = ""
+	p.refused, p.contended = "", false
 	for _, sn := range [...]netip.Prefix{p.lease.Subnet, p.lease.IPv6Subnet} {
 		if sn.IsValid() {
 			s.owner[sn] = key
@@ -207,8 +196,16 @@ func (s *peerSet) refuse(key string, p, prev *peer, why string) {
 	if prev == nil || prev.refused != why {
 		s.log.WithField("peer", key).Warn("refusing lease: " + why)
 	}
-	p.refused = why
+	s.markRefused(p, why, false)
+}
+
+// markRefused records that p is not admitted, and why.
+func (s *peerSet) markRefused(p *peer, why string, contended bool) {
+	p.refused, p.contended = why, contended
 	s.refused++
+	if contended {
+		s.contended++
+	}
 }
 
 // remove forgets p, the lease of key.
