@@ -1,7 +1,8 @@
-// Package backend defines how weft programs the kernel so that this node
-// reaches every peer's pod subnet, and the helpers its backends share.
-// Backends live in subpackages (vxlan, hostgw); the daemon picks one from an
-// explicit map of constructors.
+// Package backend defines how weft reaches a peer's pod subnet: a backend
+// (vxlan, host-gw, ipip, in subpackages) sets up its devices and says, for
+// one peer at a time, what the kernel must hold. It programs nothing per
+// peer itself: internal/reconcile collects what every peer needs and
+// internal/kernel applies the difference (docs/architecture.md).
 package backend
 
 import (
@@ -11,68 +12,56 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/sirupsen/logrus"
-	"github.com/vishvananda/netns"
 
+	"github.com/weft-net/weft/internal/kernel"
 	"github.com/weft-net/weft/subnet"
 )
 
-// RouteProtocol is the routing protocol number on every route weft
-// installs (`ip route show proto 87`). Reconciliation removes stale routes
-// carrying it and never touches routes without it.
-const RouteProtocol = 87
-
-// Backend makes this node's kernel reach the peers that announce its type.
+// Backend makes this node reach the peers that announce its type.
 //
 // A node may run several backends at once: each peer is served by the
 // backend its lease names, so a cluster switching backends stays connected
-// (see internal/daemon). Routes therefore have one owner: Sync and Update
-// return the routes their peers need and the caller installs the union of
-// all backends' routes.
-//
-// Sync reads the kernel and makes it hold exactly what the given peers
-// need; Update applies changes to the peers since the last Sync or Update,
-// trusting that the kernel still holds what the backend last programmed
-// (the caller calls Sync again when it may not: periodically, on kernel
-// events, after a failure). Sync may be called repeatedly with the same
-// peers; it changes only the difference, so it also repairs drift.
-// Backends are not safe for concurrent use: one goroutine (the daemon's
-// sync loop) calls them.
+// (see internal/reconcile). Backends are not safe for concurrent use: the
+// reconciler's goroutine calls them.
 type Backend interface {
 	// Type is the backend's name as it appears in leases ("vxlan").
 	Type() string
-	// Setup creates or adopts the backend's devices and returns what the
-	// node's lease must publish when this is the node's backend.
-	Setup(ctx context.Context) (Published, error)
-	// Sync programs self's device addresses and everything but routes for
-	// peers (all of the backend's type), reading the kernel first, and
-	// returns the routes they need and each peer's state (states[i] is
-	// peers[i]'s).
-	Sync(ctx context.Context, self subnet.Lease, peers []*subnet.Lease) (routes []Route, states []PeerState, err error)
-	// Update programs what changed for each peer in changes and returns
-	// the routes to install and to delete, and the state of each changed
-	// peer's new lease (states[i] is changes[i].New's; unset where New is
-	// nil). Its cost is in proportion to len(changes).
-	Update(ctx context.Context, self subnet.Lease, changes []Change) (delta RouteDelta, states []PeerState, err error)
+	// Setup creates or adopts the backend's devices for the external
+	// interface ext, gives them self's addresses, and returns what the
+	// node's lease must publish when this is the node's backend. It is
+	// idempotent: the reconciler calls it before every full sync, so that a
+	// deleted device comes back, and with every new snapshot of ext.
+	Setup(ctx context.Context, ext *ExternalInterface, self *subnet.Lease) (Published, error)
+	// Peer appends to e what the kernel must hold for this node to reach
+	// p, and returns p's state and, when p is unreachable, why. It changes
+	// nothing: the entries depend only on p, on what the last Setup made
+	// and on u (the underlay's routes, for DirectRouting), so the entries
+	// of a lease before a change can be worked out again after it.
+	Peer(p *subnet.Lease, u *Underlay, e *kernel.Entries) (PeerState, string)
+	// Links returns the indexes of the devices whose permanent neighbour
+	// and FDB entries belong to the backend, as of the last Setup.
+	Links() []int
 	// Devices names the network devices the backend owns.
 	Devices() []string
-	// MTU is the MTU pods must use with this backend.
+	// MTU is the MTU pods must use with this backend, as of the last Setup.
 	MTU() int
-	// Teardown removes the backend's devices and entries. Routes through
-	// its devices go with them; others are the route owner's to remove.
+	// Teardown removes the backend's devices; the kernel drops the routes
+	// and entries through them.
 	Teardown(ctx context.Context) error
 }
 
-// Change is one peer's lease before and after a change: Old is nil for a
-// peer that is new to the backend, New is nil for one that left it.
-type Change struct {
-	Old, New *subnet.Lease
+// Env is what every backend constructor is given.
+type Env struct {
+	// Netlink is the handle for the node's network namespace.
+	Netlink netlinksafe.Handle
+	// Network is the network configuration; its Backend holds this
+	// backend's options.
+	Network *subnet.Config
+	Log     *logrus.Entry
 }
 
-// RouteDelta is what an Update changes in the routing table: routes to
-// install (or replace) and routes to delete.
-type RouteDelta struct {
-	Add, Del []Route
-}
+// Constructor makes a backend; it touches nothing until Setup.
+type Constructor func(Env) (Backend, error)
 
 // PeerState is what a backend made of one peer.
 type PeerState uint8
@@ -122,7 +111,9 @@ func StatsOf(counts [NumPeerStates]int) Stats {
 	}
 }
 
-// ExternalInterface is the node's interface toward the other nodes.
+// ExternalInterface is the node's interface toward the other nodes, as
+// one snapshot saw it. It is immutable: a change of the interface is a new
+// snapshot (internal/netmon), never an update of this one.
 type ExternalInterface struct {
 	Name  string
 	Index int
@@ -137,6 +128,22 @@ type ExternalInterface struct {
 	PublicIP, PublicIPv6 netip.Addr
 }
 
+// Local returns the address tunnels of one family are sent from.
+func (e *ExternalInterface) Local(ipv6 bool) netip.Addr {
+	if ipv6 {
+		return e.LocalIPv6
+	}
+	return e.LocalIP
+}
+
+// Public returns the address of one family peers reach this node at.
+func (e *ExternalInterface) Public(ipv6 bool) netip.Addr {
+	if ipv6 {
+		return e.PublicIPv6
+	}
+	return e.PublicIP
+}
+
 // OnLink reports whether ip is directly reachable through the interface.
 func (e *ExternalInterface) OnLink(ip netip.Addr) bool {
 	for _, p := range e.Addrs {
@@ -145,16 +152,4 @@ func (e *ExternalInterface) OnLink(ip netip.Addr) bool {
 		}
 	}
 	return false
-}
-
-// Env is what every backend constructor is given.
-type Env struct {
-	// Netlink is the handle for the node's network namespace, NetNS that
-	// namespace for the dumps netlink has no streaming call for (0 or
-	// netns.None(): the current one).
-	Netlink netlinksafe.Handle
-	NetNS   netns.NsHandle
-	Ext     *ExternalInterface
-	Network *subnet.Config
-	Log     *logrus.Entry
 }

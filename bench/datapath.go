@@ -8,6 +8,8 @@ import (
 	"os/exec"
 	"strings"
 	"time"
+
+	"github.com/weft-net/weft/internal/sandbox"
 )
 
 // pathResult compares pod-to-pod with node-to-node TCP throughput.
@@ -61,7 +63,7 @@ func dataPath(ctx context.Context, bin string, backends ...string) ([]pathResult
 	var out []pathResult
 	for _, b := range backends {
 		r := pathResult{Backend: b}
-		c, err := cluster(ctx, bin, fmt.Sprintf(`{"Network":"100.96.0.0/12","Backend":{"Type":%q}}`, b))
+		c, err := cluster(ctx, bin, sandbox.NetConf(b, false))
 		if err != nil {
 			return nil, err
 		}

@@ -10,7 +10,7 @@ import (
 	"github.com/vishvananda/netns"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/weft-net/weft/backend"
+	"github.com/weft-net/weft/internal/kernel"
 )
 
 // benchConf leaves room for 16,383 nodes: /26 subnets of a /12.
@@ -59,13 +59,13 @@ func batch(ctx context.Context, cli *clientv3.Client, from, to int, op func(int)
 	return nil
 }
 
-// kernel reads a node's routing table from outside its namespace.
-type kernel struct {
+// nodeKernel reads a node's routing table from outside its namespace.
+type nodeKernel struct {
 	h   netlinksafe.Handle
 	nsh netns.NsHandle
 }
 
-func openKernel(nsName string) (*kernel, error) {
+func openKernel(nsName string) (*nodeKernel, error) {
 	nsh, err := netns.GetFromName(nsName)
 	if err != nil {
 		return nil, err
@@ -75,20 +75,20 @@ func openKernel(nsName string) (*kernel, error) {
 		nsh.Close()
 		return nil, err
 	}
-	return &kernel{h: h, nsh: nsh}, nil
+	return &nodeKernel{h: h, nsh: nsh}, nil
 }
 
-func (k *kernel) close() { k.h.Close(); k.nsh.Close() }
+func (k *nodeKernel) close() { k.h.Close(); k.nsh.Close() }
 
 // weftRoutes counts the routes weft installed.
-func (k *kernel) weftRoutes() (int, error) {
-	rs, err := k.h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: backend.RouteProtocol, Table: 254}, netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
+func (k *nodeKernel) weftRoutes() (int, error) {
+	rs, err := k.h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: kernel.RouteProtocol, Table: 254}, netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
 	return len(rs), err
 }
 
 // waitRoutes polls until weft's routes number want, and returns when that
 // was first seen.
-func (k *kernel) waitRoutes(want int, timeout time.Duration) (time.Time, error) {
+func (k *nodeKernel) waitRoutes(want int, timeout time.Duration) (time.Time, error) {
 	deadline := time.Now().Add(timeout)
 	for {
 		n, err := k.weftRoutes()
@@ -103,7 +103,7 @@ func (k *kernel) waitRoutes(want int, timeout time.Duration) (time.Time, error) 
 }
 
 // routeEvents subscribes to route changes in the namespace.
-func (k *kernel) routeEvents() (<-chan netlink.RouteUpdate, func(), error) {
+func (k *nodeKernel) routeEvents() (<-chan netlink.RouteUpdate, func(), error) {
 	ch := make(chan netlink.RouteUpdate, 1<<14)
 	done := make(chan struct{})
 	nsh := k.nsh

@@ -1,5 +1,6 @@
-// Command bench measures weft against the yardsticks in DESIGN.md and
-// writes docs/benchmarks.md and docs/convergence.png. Run it as root with
+// Command bench measures weft against its performance targets
+// (docs/performance.md) and writes docs/benchmarks.md and
+// docs/convergence.png. Run it as root with
 // `make bench` (it builds namespaces); it is not part of make test.
 //
 //	fabric netns: etcd with N generated leases (vxlan format)

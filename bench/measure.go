@@ -14,7 +14,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/sys/unix"
 
-	"github.com/weft-net/weft/backend"
+	"github.com/weft-net/weft/internal/kernel"
 	"github.com/weft-net/weft/internal/sandbox"
 )
 
@@ -108,7 +108,7 @@ func coldStart(ctx context.Context, bin string, n int) (coldResult, error) {
 	for added < n {
 		select {
 		case u := <-events:
-			if u.Type == unix.RTM_NEWROUTE && u.Protocol == backend.RouteProtocol {
+			if u.Type == unix.RTM_NEWROUTE && u.Protocol == kernel.RouteProtocol {
 				added++
 			}
 		case <-timeout:
@@ -261,7 +261,7 @@ func burstAndLatency(ctx context.Context, bin string, n int) (burstResult, error
 		for {
 			select {
 			case u := <-events:
-				if u.Type == typ && u.Protocol == backend.RouteProtocol {
+				if u.Type == typ && u.Protocol == kernel.RouteProtocol {
 					if seen++; seen == want {
 						return time.Now(), nil
 					}

@@ -3,12 +3,13 @@ package cni
 import (
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
+	"github.com/weft-net/weft/internal/kernel"
 	"github.com/weft-net/weft/subnet"
 )
 
@@ -16,38 +17,30 @@ import (
 // each family's gateway address and the MTU, and brings it up. An existing
 // bridge holding another address of the pod network belongs to an older
 // subnet of this node; that is reported, not silently changed under the
-// pods still using it.
+// pods still using it. A device of that name that is not a bridge is
+// refused, never replaced.
 func ensureBridge(conf *NetConf, env *subnet.Env, mtu int) (*netlink.Bridge, error) {
-	link, err := netlinksafe.LinkByName(conf.Bridge)
-	if err != nil && !errors.As(err, new(netlink.LinkNotFoundError)) {
-		return nil, fmt.Errorf("looking up bridge %s: %w", conf.Bridge, err)
+	h, err := netlinksafe.NewHandle(unix.NETLINK_ROUTE) // a stock kernel may lack the others (xfrm)
+	if err != nil {
+		return nil, fmt.Errorf("opening netlink: %w", err)
 	}
-	if link == nil {
-		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: conf.Bridge, MTU: mtu, TxQLen: -1}}
-		if err := netlink.LinkAdd(br); err != nil && !errors.Is(err, errExist) {
-			return nil, fmt.Errorf("creating bridge %s: %w", conf.Bridge, err)
-		}
-		if link, err = netlinksafe.LinkByName(conf.Bridge); err != nil {
-			return nil, fmt.Errorf("looking up bridge %s: %w", conf.Bridge, err)
-		}
+	defer h.Close()
+	link, err := kernel.EnsureLink(h, kernel.LinkSpec{
+		Link: &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: conf.Bridge, MTU: mtu, TxQLen: -1}},
+		Adopt: func(have netlink.Link) string {
+			if _, ok := have.(*netlink.Bridge); !ok {
+				return fmt.Sprintf("is a %s device, not a bridge", have.Type())
+			}
+			return ""
+		},
+	}, nil)
+	if err != nil {
+		return nil, err
 	}
-	br, ok := link.(*netlink.Bridge)
-	if !ok {
-		return nil, fmt.Errorf("%s exists but is a %s device, not a bridge", conf.Bridge, link.Type())
-	}
+	br := link.(*netlink.Bridge)
 	for _, f := range families(env) {
 		if err := ensureGateway(br, f); err != nil {
 			return nil, err
-		}
-	}
-	if br.MTU != mtu {
-		if err := netlink.LinkSetMTU(br, mtu); err != nil {
-			return nil, fmt.Errorf("setting MTU %d on %s: %w", mtu, conf.Bridge, err)
-		}
-	}
-	if br.Flags&net.FlagUp == 0 {
-		if err := netlink.LinkSetUp(br); err != nil {
-			return nil, fmt.Errorf("bringing up %s: %w", conf.Bridge, err)
 		}
 	}
 	return br, nil

@@ -133,13 +133,20 @@ func Del(args *skel.CmdArgs) error {
 	if err != nil {
 		return types.NewError(types.ErrDecodingFailure, "invalid network configuration", err.Error())
 	}
-	addrs, _ := allocated(conf, args.ContainerID, args.IfName)
+	addrs, err := allocated(conf, args.ContainerID, args.IfName)
+	if err != nil {
+		return types.NewError(types.ErrInternal, "reading the container's addresses", err.Error())
+	}
+	// Without subnet.env (weftd gone) there is no masquerade setting to
+	// follow; the entries go with the table.
 	if env, err := conf.readEnv(); err == nil && conf.ipMasq(env) && len(addrs) > 0 {
 		var ips []*current.IPConfig
 		for _, a := range addrs {
 			ips = append(ips, &current.IPConfig{Address: net.IPNet{IP: a}})
 		}
-		masquerade(conf, env, ips, false)
+		if err := masquerade(conf, env, ips, false); err != nil {
+			return types.NewError(types.ErrInternal, "removing the container's masquerade entry", err.Error())
+		}
 	}
 	if err := release(conf, args.ContainerID, args.IfName); err != nil {
 		return err
@@ -251,7 +258,9 @@ func GC(args *skel.CmdArgs) error {
 		for _, a := range released {
 			ips = append(ips, &current.IPConfig{Address: net.IPNet{IP: a.IP.AsSlice()}})
 		}
-		masquerade(conf, env, ips, false)
+		if err := masquerade(conf, env, ips, false); err != nil {
+			return types.NewError(types.ErrInternal, "removing masquerade entries of vanished containers", err.Error())
+		}
 	}
 	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/weft-net/weft/internal/sandbox"
+	"github.com/weft-net/weft/internal/testenv"
 )
 
 // twoSegments starts nodes 1 and 2 on one underlay segment and nodes 3 and
@@ -31,7 +32,7 @@ func twoSegments(t *testing.T, conf string) *sandbox.Cluster {
 // address on eth0) to peers on its segment, through dev to the others.
 func requireRoutes(t *testing.T, c *sandbox.Cluster, n *sandbox.Node, dev string) {
 	t.Helper()
-	eventually(t, 15*time.Second, n.Name+" routes peers on its segment directly and the rest through "+dev, func() (bool, string) {
+	testenv.Eventually(t, 15*time.Second, n.Name+" routes peers on its segment directly and the rest through "+dev, func() (bool, string) {
 		routes := ipOut(t, n.NS, "ip", "route", "show", "proto", "87")
 		for _, p := range c.Nodes {
 			if p == n {
@@ -76,12 +77,12 @@ func testDirectRouting(t *testing.T, backend, dev string) {
 	n2 := c.Nodes[1]
 	sn2, _ := n2.Subnet()
 	ipOut(t, n1.NS, "ip", "route", "add", n2.IP.String()+"/32", "via", sandbox.FabricIP.String())
-	eventually(t, 10*time.Second, "node-1 encapsulates to node-2 once a router is in between", func() (bool, string) {
+	testenv.Eventually(t, 10*time.Second, "node-1 encapsulates to node-2 once a router is in between", func() (bool, string) {
 		out := ipOut(t, n1.NS, "ip", "route", "show", sn2.String())
 		return strings.Contains(out, "dev "+dev), out
 	})
 	ipOut(t, n1.NS, "ip", "route", "del", n2.IP.String()+"/32")
-	eventually(t, 10*time.Second, "node-1 routes node-2 directly again", func() (bool, string) {
+	testenv.Eventually(t, 10*time.Second, "node-1 routes node-2 directly again", func() (bool, string) {
 		out := ipOut(t, n1.NS, "ip", "route", "show", sn2.String())
 		return strings.Contains(out, "via "+n2.IP.String()+" dev eth0"), out
 	})
@@ -100,7 +101,7 @@ func TestIPIPDirectRouting(t *testing.T) {
 func TestHostGWAcrossSegments(t *testing.T) {
 	c := twoSegments(t, `{"Network":"100.96.0.0/12","Backend":{"Type":"host-gw"}}`)
 	n1 := c.Nodes[0]
-	eventually(t, 10*time.Second, "node-1 reports two unreachable peers", func() (bool, string) {
+	testenv.Eventually(t, 10*time.Second, "node-1 reports two unreachable peers", func() (bool, string) {
 		st, err := c.Status(n1)
 		return err == nil && st.Peers.Unreachable == 2 && st.Peers.Programmed == 1, fmt.Sprint(st)
 	})

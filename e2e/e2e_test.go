@@ -64,19 +64,12 @@ func startCluster(t *testing.T, o clusterOpts) *sandbox.Cluster {
 			logs, _ := filepath.Glob(filepath.Join(dir, "node-*", "weftd.log"))
 			for _, l := range logs {
 				b, _ := os.ReadFile(l)
-				t.Logf("--- %s\n%s", l, tail(b, 3000))
+				t.Logf("--- %s\n%s", l, testenv.Tail(b, 3000))
 			}
 		}
 		c.Down()
 	})
 	return c
-}
-
-func tail(b []byte, n int) string {
-	if len(b) > n {
-		b = b[len(b)-n:]
-	}
-	return string(b)
 }
 
 func addPods(t *testing.T, c *sandbox.Cluster, perNode int) {
@@ -196,22 +189,6 @@ func sendTo(t *testing.T, a *sandbox.Pod, l net.Listener, size int) string {
 	return r.remote
 }
 
-// eventually polls cond until it holds or d passes.
-func eventually(t *testing.T, d time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		ok, state := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: %s; last state:\n%s", d, what, state)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-}
-
 // ipOut runs ip (or another command) in a namespace.
 func ipOut(t *testing.T, ns string, args ...string) string {
 	t.Helper()
@@ -255,7 +232,7 @@ func TestNodeLeavesAndJoins(t *testing.T) {
 	goneSubnet, _ := gone.Subnet()
 	c.RemoveNode(gone)
 	for _, n := range c.Nodes {
-		eventually(t, 30*time.Second, n.Name+" removes the dead node's route", func() (bool, string) {
+		testenv.Eventually(t, 30*time.Second, n.Name+" removes the dead node's route", func() (bool, string) {
 			out := ipOut(t, n.NS, "ip", "route", "show", "proto", "87")
 			neigh := ipOut(t, n.NS, "ip", "neigh", "show", "dev", "weft.1")
 			return !strings.Contains(out, goneSubnet.String()) && !strings.Contains(neigh, goneSubnet.Addr().String()), out + neigh
@@ -280,24 +257,24 @@ func TestDriftIsRepaired(t *testing.T) {
 				return strings.Contains(out, peerSubnet.String()), out
 			}
 			ipOut(t, n1.NS, "ip", "route", "del", peerSubnet.String())
-			eventually(t, 10*time.Second, "the deleted route comes back", routeOf)
+			testenv.Eventually(t, 10*time.Second, "the deleted route comes back", routeOf)
 			if backend == "vxlan" {
 				gw := peerSubnet.Addr().String()
 				ipOut(t, n1.NS, "ip", "neigh", "del", gw, "dev", "weft.1")
-				eventually(t, 10*time.Second, "the deleted neighbour comes back", func() (bool, string) {
+				testenv.Eventually(t, 10*time.Second, "the deleted neighbour comes back", func() (bool, string) {
 					out := ipOut(t, n1.NS, "ip", "neigh", "show", "dev", "weft.1")
 					return strings.Contains(out, gw+" lladdr"), out
 				})
 				fdb := ipOut(t, n1.NS, "bridge", "fdb", "show", "dev", "weft.1")
 				mac := strings.Fields(strings.TrimSpace(fdb))[0]
 				ipOut(t, n1.NS, "bridge", "fdb", "del", mac, "dev", "weft.1", "dst", n2.IP.String(), "self")
-				eventually(t, 10*time.Second, "the deleted FDB entry comes back", func() (bool, string) {
+				testenv.Eventually(t, 10*time.Second, "the deleted FDB entry comes back", func() (bool, string) {
 					out := ipOut(t, n1.NS, "bridge", "fdb", "show", "dev", "weft.1")
 					return strings.Contains(out, mac+" dst "+n2.IP.String()), out
 				})
 				// The whole device: re-created with the same MAC.
 				ipOut(t, n1.NS, "ip", "link", "del", "weft.1")
-				eventually(t, 10*time.Second, "the deleted device and its route come back", routeOf)
+				testenv.Eventually(t, 10*time.Second, "the deleted device and its route come back", routeOf)
 			}
 			requireMesh(t, c)
 		})

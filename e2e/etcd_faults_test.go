@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/weft-net/weft/internal/sandbox"
+	"github.com/weft-net/weft/internal/testenv"
 )
 
 // requireReady checks every node still reports ready.
@@ -114,7 +115,7 @@ func TestEtcdPartitionOfOneNode(t *testing.T) {
 	requireReady(t, c, c.Nodes[:3])
 
 	nft("delete", "table", "inet", "partition")
-	eventually(t, 90*time.Second, "node-1 to pick up node-4 after the partition heals", func() (bool, string) {
+	testenv.Eventually(t, 90*time.Second, "node-1 to pick up node-4 after the partition heals", func() (bool, string) {
 		out := ipOut(t, n1.NS, "ip", "route", "show", sn4.String())
 		return strings.Contains(out, "dev weft.1"), fmt.Sprint(out)
 	})
@@ -143,7 +144,7 @@ func TestHundredDaemonsAtOnce(t *testing.T) {
 		}
 		seen[sn] = n.Name
 	}
-	eventually(t, 60*time.Second, "every node to program its 99 peers", func() (bool, string) {
+	testenv.Eventually(t, 60*time.Second, "every node to program its 99 peers", func() (bool, string) {
 		for _, n := range nodes {
 			st, err := c.Status(n)
 			if err != nil || st.Peers.Programmed != 99 {

@@ -13,6 +13,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/weft-net/weft/internal/sandbox"
+	"github.com/weft-net/weft/internal/testenv"
 	"github.com/weft-net/weft/subnet"
 )
 
@@ -52,7 +53,7 @@ func TestOwnLeaseDeletedByHandIsRecreated(t *testing.T) {
 	if _, err := cli.Delete(ctx, key); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "node-1's lease to be re-created with the same subnet", func() (bool, string) {
+	testenv.Eventually(t, 10*time.Second, "node-1's lease to be re-created with the same subnet", func() (bool, string) {
 		resp, err := cli.Get(ctx, key)
 		return err == nil && len(resp.Kvs) == 1 && strings.Contains(string(resp.Kvs[0].Value), `"Node":"node-1"`), fmt.Sprint(resp)
 	})
@@ -139,11 +140,11 @@ func TestInterfaceDownUpAndAddressChange(t *testing.T) {
 	// A new address: the lease and every peer follow.
 	ipOut(t, n1.NS, "ip", "addr", "del", n1.IP.String()+"/24", "dev", "eth0")
 	ipOut(t, n1.NS, "ip", "addr", "add", "198.18.0.101/24", "dev", "eth0")
-	eventually(t, 15*time.Second, "the lease to announce the new address", func() (bool, string) {
+	testenv.Eventually(t, 15*time.Second, "the lease to announce the new address", func() (bool, string) {
 		out, _ := c.Weftctl(context.Background(), "leases")
 		return strings.Contains(out, "198.18.0.101") && !strings.Contains(out, n1.IP.String()+" "), out
 	})
-	eventually(t, 15*time.Second, "node-2 to route node-1's subnet via the new address", func() (bool, string) {
+	testenv.Eventually(t, 15*time.Second, "node-2 to route node-1's subnet via the new address", func() (bool, string) {
 		out := ipOut(t, c.Nodes[1].NS, "ip", "route", "show", "proto", "87")
 		return strings.Contains(out, "via 198.18.0.101 dev eth0"), out
 	})
@@ -155,6 +156,39 @@ func TestInterfaceDownUpAndAddressChange(t *testing.T) {
 	}
 	if st.PublicIP != "198.18.0.101" {
 		t.Errorf("status public IP %q", st.PublicIP)
+	}
+}
+
+// An MTU-only change of the underlay reaches the tunnel device, subnet.env
+// and so the pods created afterwards, which then fit the tunnel.
+func TestUnderlayMTUChangeReachesSubnetEnvAndNewPods(t *testing.T) {
+	c := startCluster(t, clusterOpts{backend: "vxlan", nodes: 2})
+	addPods(t, c, 1)
+	requireMesh(t, c)
+	n1 := c.Nodes[0]
+
+	ipOut(t, n1.NS, "ip", "link", "set", "eth0", "mtu", "1400")
+	testenv.Eventually(t, 15*time.Second, "weft.1 to follow the underlay's MTU", func() (bool, string) {
+		out := ipOut(t, n1.NS, "ip", "link", "show", "weft.1")
+		return strings.Contains(out, "mtu 1350 "), out
+	})
+	testenv.Eventually(t, 15*time.Second, "subnet.env to say the new pod MTU", func() (bool, string) {
+		b, _ := os.ReadFile(n1.SubnetFile)
+		return strings.Contains(string(b), "FLANNEL_MTU=1350\n"), string(b)
+	})
+	if st, err := c.Status(n1); err != nil || st.MTU != 1350 {
+		t.Errorf("status MTU = %v (%v), want 1350", st, err)
+	}
+	pod, err := c.AddPod(n1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out := ipOut(t, pod.NS, "ip", "link", "show", "eth0"); !strings.Contains(out, "mtu 1350 ") {
+		t.Errorf("a pod created after the change has:\n%s\nwant mtu 1350", out)
+	}
+	// Full-size segments from the new pod cross the smaller tunnel.
+	if from := transfer(t, pod, c.Nodes[1].Pods[0], 1<<20); from != pod.IP.String() {
+		t.Errorf("connection arrived from %s, want %s", from, pod.IP)
 	}
 }
 

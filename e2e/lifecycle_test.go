@@ -9,12 +9,13 @@ import (
 	"time"
 
 	"github.com/weft-net/weft/internal/sandbox"
+	"github.com/weft-net/weft/internal/testenv"
 )
 
 func TestStatusMetricsAndReadiness(t *testing.T) {
 	c := startCluster(t, clusterOpts{backend: "vxlan", nodes: 3})
 	n1 := c.Nodes[0]
-	eventually(t, 10*time.Second, "node-1 sees both peers", func() (bool, string) {
+	testenv.Eventually(t, 10*time.Second, "node-1 sees both peers", func() (bool, string) {
 		st, err := c.Status(n1)
 		return err == nil && st.Peers.Programmed == 2, ""
 	})

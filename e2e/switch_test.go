@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/weft-net/weft/internal/sandbox"
+	"github.com/weft-net/weft/internal/testenv"
 )
 
 // pingInterval is the interval of the continuous pings; an outage is
@@ -122,7 +123,7 @@ func requireNoOutage(t *testing.T, ps []*pinger) {
 func waitForBackend(t *testing.T, c *sandbox.Cluster, typ string) {
 	t.Helper()
 	for _, n := range c.Nodes {
-		eventually(t, 30*time.Second, n.Name+" switches to "+typ+" and cleans up", func() (bool, string) {
+		testenv.Eventually(t, 30*time.Second, n.Name+" switches to "+typ+" and cleans up", func() (bool, string) {
 			st, err := c.Status(n)
 			if err != nil || st.Backend != typ || st.Peers.Programmed != len(c.Nodes)-1 {
 				return false, fmt.Sprintf("status %+v %v", st, err)
@@ -146,9 +147,7 @@ func waitForBackend(t *testing.T, c *sandbox.Cluster, typ string) {
 	}
 }
 
-func netConf(backend string) string {
-	return fmt.Sprintf(`{"Network":"100.96.0.0/12","Backend":{"Type":%q}}`, backend)
-}
+func netConf(backend string) string { return sandbox.NetConf(backend, false) }
 
 func TestSwitchBackendLiveThroughEtcd(t *testing.T) {
 	c := startCluster(t, clusterOpts{backend: "vxlan", nodes: 3})
@@ -190,7 +189,7 @@ func TestSwitchBackendRollingThroughConfigMapFiles(t *testing.T) {
 			if err := c.SetNodeConfig(n, netConf(typ)); err != nil {
 				t.Fatal(err)
 			}
-			eventually(t, 15*time.Second, n.Name+" announces "+typ, func() (bool, string) {
+			testenv.Eventually(t, 15*time.Second, n.Name+" announces "+typ, func() (bool, string) {
 				st, err := c.Status(n)
 				return err == nil && st.Backend == typ, fmt.Sprint(st)
 			})
@@ -211,7 +210,7 @@ func TestRefusedConfigChangesKeepTheNodeRunning(t *testing.T) {
 	if err := c.SetNetConf(context.Background(), `{"Network":"100.64.0.0/12","Backend":{"Type":"host-gw"}}`); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "the change to be refused", func() (bool, string) {
+	testenv.Eventually(t, 10*time.Second, "the change to be refused", func() (bool, string) {
 		st, err := c.Status(n1)
 		return err == nil && strings.Contains(st.ConfigIssue, "cannot be applied to running nodes"), fmt.Sprint(st)
 	})

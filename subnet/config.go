@@ -67,6 +67,9 @@ type Pool struct {
 // Enabled reports whether the family is configured.
 func (p Pool) Enabled() bool { return p.Network.IsValid() }
 
+// IPv6 reports whether the pool is of IPv6 addresses.
+func (p Pool) IPv6() bool { return p.Network.Addr().Is6() }
+
 // Pools returns the enabled pools, IPv4 first.
 func (c *Config) Pools() []Pool {
 	var pools []Pool

@@ -34,12 +34,67 @@ type Attrs struct {
 	Node          string
 }
 
+// Family is one address family's part of a lease: its subnet, the
+// address peers reach the node at for it, and the backend's data for it
+// (flannel's BackendV6Data for IPv6). Code that handles addresses gets a
+// lease's families here and loops over them, one code path for both.
+type Family struct {
+	IPv6        bool
+	Subnet      netip.Prefix
+	PublicIP    netip.Addr
+	BackendData json.RawMessage
+}
+
+// Name is "IPv4" or "IPv6", for messages.
+func (f Family) Name() string { return familyName(f.IPv6) }
+
+func familyName(ipv6 bool) string {
+	if ipv6 {
+		return "IPv6"
+	}
+	return "IPv4"
+}
+
+// Family returns l's part for one family; its Subnet is invalid when l has
+// no subnet of that family.
+func (l *Lease) Family(ipv6 bool) Family {
+	if ipv6 {
+		return Family{IPv6: true, Subnet: l.IPv6Subnet, PublicIP: l.PublicIPv6, BackendData: l.BackendV6Data}
+	}
+	return Family{Subnet: l.Subnet, PublicIP: l.PublicIP, BackendData: l.BackendData}
+}
+
+// Families yields the families l has a subnet of, IPv4 first:
+// `for f := range l.Families`.
+func (l *Lease) Families(yield func(Family) bool) {
+	if l.Subnet.IsValid() && !yield(l.Family(false)) {
+		return
+	}
+	if l.IPv6Subnet.IsValid() {
+		yield(l.Family(true))
+	}
+}
+
+// Subnets yields l's subnets, IPv4 first.
+func (l *Lease) Subnets(yield func(netip.Prefix) bool) {
+	if l.Subnet.IsValid() && !yield(l.Subnet) {
+		return
+	}
+	if l.IPv6Subnet.IsValid() {
+		yield(l.IPv6Subnet)
+	}
+}
+
 // Equal reports whether l and o say the same.
 func (l *Lease) Equal(o *Lease) bool {
-	return l.Subnet == o.Subnet && l.IPv6Subnet == o.IPv6Subnet &&
-		l.PublicIP == o.PublicIP && l.PublicIPv6 == o.PublicIPv6 &&
-		l.BackendType == o.BackendType && l.Node == o.Node &&
-		bytes.Equal(l.BackendData, o.BackendData) && bytes.Equal(l.BackendV6Data, o.BackendV6Data)
+	return l.Subnet == o.Subnet && l.IPv6Subnet == o.IPv6Subnet && l.Attrs.Equal(&o.Attrs)
+}
+
+// Equal reports whether a and o say the same.
+func (a *Attrs) Equal(o *Attrs) bool {
+	return a.PublicIP == o.PublicIP && a.PublicIPv6 == o.PublicIPv6 &&
+		a.BackendType == o.BackendType && a.Node == o.Node &&
+		bytes.Equal(a.BackendData, o.BackendData) && bytes.Equal(a.BackendV6Data, o.BackendV6Data)
 }
 
 // Key returns the lease's key below <prefix>/subnets/.
@@ -205,26 +260,16 @@ var ErrWrongFamily = errors.New("wrong address family")
 // it by. Subnets of families the network does not use are allowed (a
 // dual-stack node in an IPv4 network) and ignored.
 func (c *Config) CheckLease(l *Lease) error {
-	for _, f := range []struct {
-		pool   Pool
-		sn     netip.Prefix
-		public netip.Addr
-		name   string
-	}{
-		{c.IPv4, l.Subnet, l.PublicIP, "IPv4"},
-		{c.IPv6, l.IPv6Subnet, l.PublicIPv6, "IPv6"},
-	} {
-		if !f.pool.Enabled() {
-			continue
+	for _, pool := range c.Pools() {
+		f := l.Family(pool.IPv6())
+		if !f.Subnet.IsValid() {
+			return fmt.Errorf("lease %s has no %s subnet but the network is %s: %w", l.Key(), f.Name(), pool.Network, ErrWrongFamily)
 		}
-		if !f.sn.IsValid() {
-			return fmt.Errorf("lease %s has no %s subnet but the network is %s: %w", l.Key(), f.name, f.pool.Network, ErrWrongFamily)
+		if !pool.Contains(f.Subnet) {
+			return fmt.Errorf("lease %s: subnet %s is not a /%d inside %s", l.Key(), f.Subnet, pool.SubnetLen, pool.Network)
 		}
-		if !f.pool.Contains(f.sn) {
-			return fmt.Errorf("lease %s: subnet %s is not a /%d inside %s", l.Key(), f.sn, f.pool.SubnetLen, f.pool.Network)
-		}
-		if !f.public.IsValid() {
-			return fmt.Errorf("lease %s has no public %s address: %w", l.Key(), f.name, ErrWrongFamily)
+		if !f.PublicIP.IsValid() {
+			return fmt.Errorf("lease %s has no public %s address: %w", l.Key(), f.Name(), ErrWrongFamily)
 		}
 	}
 	return nil

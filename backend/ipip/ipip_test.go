@@ -1,7 +1,6 @@
 package ipip
 
 import (
-	"context"
 	"errors"
 	"net/netip"
 	"os"
@@ -9,7 +8,6 @@ import (
 	"testing"
 
 	"github.com/sirupsen/logrus"
-	"github.com/vishvananda/netns"
 
 	"github.com/weft-net/weft/backend"
 	"github.com/weft-net/weft/internal/testenv"
@@ -22,18 +20,19 @@ func hasIPIP() bool {
 	return err == nil
 }
 
-func newIPIP(t *testing.T) (*testenv.NetNS, *IPIP) {
+func newIPIP(t *testing.T) *testenv.Node {
 	n := testenv.NewNetNS(t)
 	idx := n.AddUplink(t, "eth0", 1500, "198.18.0.1/24")
 	cfg, _, _ := subnet.ParseConfig([]byte(`{"Network":"100.96.0.0/12","Backend":{"Type":"ipip"}}`))
-	b, err := New(backend.Env{Netlink: n.Netlink, NetNS: netns.NsHandle(n.Fd()), Network: cfg, Log: logrus.NewEntry(logrus.New()), Ext: &backend.ExternalInterface{
-		Name: "eth0", Index: idx, MTU: 1500, LocalIP: netip.MustParseAddr("198.18.0.1"), PublicIP: netip.MustParseAddr("198.18.0.1"),
-		Addrs: []netip.Prefix{netip.MustParsePrefix("198.18.0.1/24")},
-	}})
+	b, err := New(backend.Env{Netlink: n.Netlink, Network: cfg, Log: logrus.NewEntry(logrus.New())})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return n, b
+	ext := &backend.ExternalInterface{
+		Name: "eth0", Index: idx, MTU: 1500, LocalIP: netip.MustParseAddr("198.18.0.1"), PublicIP: netip.MustParseAddr("198.18.0.1"),
+		Addrs: []netip.Prefix{netip.MustParsePrefix("198.18.0.1/24")},
+	}
+	return testenv.NewNode(b, n, ext, &subnet.Lease{Subnet: netip.MustParsePrefix("100.96.1.0/24")})
 }
 
 // On a kernel without IPIP (like the CI machine's) Setup fails with one
@@ -44,8 +43,7 @@ func TestSetupWithoutKernelSupport(t *testing.T) {
 	if hasIPIP() {
 		t.Skip("this kernel has IPIP; the missing-module path cannot be shown here")
 	}
-	_, b := newIPIP(t)
-	_, err := b.Setup(context.Background())
+	_, err := newIPIP(t).Setup()
 	if !errors.Is(err, ErrNoKernelSupport) {
 		t.Fatalf("Setup = %v, want ErrNoKernelSupport", err)
 	}

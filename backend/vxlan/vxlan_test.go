@@ -4,16 +4,15 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/netip"
 	"os/exec"
 	"strings"
 	"testing"
 
 	"github.com/sirupsen/logrus"
-	"github.com/vishvananda/netns"
 
 	"github.com/weft-net/weft/backend"
+	"github.com/weft-net/weft/internal/kernel"
 	"github.com/weft-net/weft/internal/testenv"
 	"github.com/weft-net/weft/subnet"
 )
@@ -30,17 +29,17 @@ func newNode(t testing.TB) (*testenv.NetNS, *backend.ExternalInterface) {
 	}
 }
 
-func newVXLAN(t testing.TB, n *testenv.NetNS, ext *backend.ExternalInterface, conf string) *VXLAN {
+func newVXLAN(t testing.TB, n *testenv.NetNS, ext *backend.ExternalInterface, conf string) *testenv.Node {
 	t.Helper()
 	cfg, _, err := subnet.ParseConfig([]byte(conf))
 	if err != nil {
 		t.Fatal(err)
 	}
-	v, err := New(backend.Env{Netlink: n.Netlink, NetNS: netns.NsHandle(n.Fd()), Ext: ext, Network: cfg, Log: logrus.NewEntry(logrus.New())})
+	v, err := New(backend.Env{Netlink: n.Netlink, Network: cfg, Log: logrus.NewEntry(logrus.New())})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return v
+	return testenv.NewNode(v, n, ext, &self)
 }
 
 func peer(n int, mac string) *subnet.Lease {
@@ -56,41 +55,17 @@ func peer(n int, mac string) *subnet.Lease {
 
 var self = subnet.Lease{Subnet: netip.MustParsePrefix("100.96.1.0/24")}
 
-// sync runs the backend's Sync and installs its routes, as the daemon
-// does, and counts the peers' states.
-func sync(t *testing.T, v *VXLAN, peers []*subnet.Lease) (backend.Stats, error) {
+// sync is a full sync of peers, as the reconciler does it.
+func sync(t testing.TB, n *testenv.Node, peers []*subnet.Lease) (backend.Stats, kernel.Result) {
 	t.Helper()
-	routes, states, err := v.Sync(context.Background(), self, peers)
-	if err != nil {
-		return backend.Stats{}, err
-	}
-	_, err = backend.SyncRoutes(v.env.Netlink, routes)
-	return count(states), err
+	states, _, res := n.Sync(t, peers)
+	return testenv.Count(states), res
 }
 
-// update runs the backend's Update and applies its routes, as the daemon
-// does.
-func update(t *testing.T, v *VXLAN, changes []backend.Change) (backend.Stats, error) {
-	t.Helper()
-	delta, states, err := v.Update(context.Background(), self, changes)
-	if err != nil {
-		return backend.Stats{}, err
-	}
-	var ofNew []backend.PeerState
-	for i, c := range changes {
-		if c.New != nil {
-			ofNew = append(ofNew, states[i])
-		}
-	}
-	return count(ofNew), backend.ApplyRoutes(v.env.Netlink, delta)
-}
-
-func count(states []backend.PeerState) backend.Stats {
-	var c [backend.NumPeerStates]int
-	for _, st := range states {
-		c[st]++
-	}
-	return backend.StatsOf(c)
+// update programs changes as the reconciler does between full syncs.
+func update(n *testenv.Node, changes []testenv.Change) (backend.Stats, kernel.Result) {
+	states, res := n.Update(changes)
+	return testenv.Count(states), res
 }
 
 // ip runs iproute2 in the namespace and returns its output.
@@ -106,13 +81,13 @@ func ip(t *testing.T, n *testenv.NetNS, args ...string) string {
 func TestSetupAndSyncProgramFlannelsScheme(t *testing.T) {
 	n, ext := newNode(t)
 	v := newVXLAN(t, n, ext, `{"Network":"100.96.0.0/12"}`)
-	pub, err := v.Setup(context.Background())
+	pub, err := v.Setup()
 	if err != nil {
 		t.Fatal(err)
 	}
 	var data LeaseData
 	json.Unmarshal(pub.Data, &data)
-	if data.VNI != 1 || data.VtepMAC != v.devs[0].mac.String() {
+	if data.VNI != 1 || data.VtepMAC != v.Backend.(*VXLAN).devs[0].mac.String() {
 		t.Fatalf("published %s", pub.Data)
 	}
 	dev := ip(t, n, "-d", "link", "show", "weft.1")
@@ -126,8 +101,8 @@ func TestSetupAndSyncProgramFlannelsScheme(t *testing.T) {
 	ip(t, n, "route", "add", "100.99.0.0/24", "via", "198.18.0.254", "proto", "static")
 
 	peers := []*subnet.Lease{peer(2, "0e:00:00:00:00:02"), peer(3, "0e:00:00:00:00:03")}
-	stats, err := sync(t, v, peers)
-	if err != nil || stats.Programmed != 2 {
+	stats, res := sync(t, v, peers)
+	if err := res.Error(); err != nil || stats.Programmed != 2 {
 		t.Fatalf("Sync = %+v, %v", stats, err)
 	}
 	want := map[string][]string{
@@ -155,8 +130,8 @@ func TestSetupAndSyncProgramFlannelsScheme(t *testing.T) {
 	ip(t, n, "neigh", "del", "100.96.2.0", "dev", "weft.1")
 	ip(t, n, "route", "del", "100.96.3.0/24")
 	exec.Command("bridge", "-n", n.Name, "fdb", "del", "0e:00:00:00:00:02", "dev", "weft.1", "dst", "198.18.0.2", "self").Run()
-	if _, err := sync(t, v, peers); err != nil {
-		t.Fatal(err)
+	if _, res := sync(t, v, peers); res.Error() != nil {
+		t.Fatal(res.Error())
 	}
 	if out := ip(t, n, "neigh", "show", "dev", "weft.1"); !strings.Contains(out, "100.96.2.0 lladdr 0e:00:00:00:00:02") {
 		t.Errorf("neighbour not restored:\n%s", out)
@@ -169,8 +144,8 @@ func TestSetupAndSyncProgramFlannelsScheme(t *testing.T) {
 	}
 
 	// A peer leaves: only the rest remains.
-	stats, err = sync(t, v, peers[:1])
-	if err != nil || stats.Programmed != 1 {
+	stats, res = sync(t, v, peers[:1])
+	if err := res.Error(); err != nil || stats.Programmed != 1 {
 		t.Fatalf("Sync = %+v, %v", stats, err)
 	}
 	if out := ip(t, n, "route", "show", "proto", "87"); strings.Contains(out, "100.96.3.0") || !strings.Contains(out, "100.96.2.0") {
@@ -186,7 +161,7 @@ func TestSetupAndSyncProgramFlannelsScheme(t *testing.T) {
 		t.Errorf("someone else's route was touched:\n%s", out)
 	}
 
-	if err := v.Teardown(context.Background()); err != nil {
+	if err := v.Backend.Teardown(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := n.Netlink.LinkByName("weft.1"); err == nil {
@@ -200,12 +175,9 @@ func TestSetupAndSyncProgramFlannelsScheme(t *testing.T) {
 func TestUpdateProgramsOnlyTheChanges(t *testing.T) {
 	n, ext := newNode(t)
 	v := newVXLAN(t, n, ext, `{"Network":"100.96.0.0/12"}`)
-	if _, err := v.Setup(context.Background()); err != nil {
-		t.Fatal(err)
-	}
 	p2, p3 := peer(2, "0e:00:00:00:00:02"), peer(3, "0e:00:00:00:00:03")
-	if _, err := sync(t, v, []*subnet.Lease{p2, p3}); err != nil {
-		t.Fatal(err)
+	if _, res := sync(t, v, []*subnet.Lease{p2, p3}); res.Error() != nil {
+		t.Fatal(res.Error())
 	}
 	// Peer 2 gets a new MAC, 3 leaves, 4 and 5 join sharing one VTEP (a
 	// node's old and new lease), 6 joins without a MAC.
@@ -215,8 +187,8 @@ func TestUpdateProgramsOnlyTheChanges(t *testing.T) {
 	p5.PublicIP = p4.PublicIP
 	p6 := peer(6, "")
 	p6.BackendData = nil
-	stats, err := update(t, v, []backend.Change{{Old: p2, New: p2b}, {Old: p3}, {New: p4}, {New: p5}, {New: p6}})
-	if err != nil || stats.Programmed != 3 || stats.Unreachable != 1 {
+	stats, res := update(v, []testenv.Change{{Old: p2, New: p2b}, {Old: p3}, {New: p4}, {New: p5}, {New: p6}})
+	if err := res.Error(); err != nil || stats.Programmed != 3 || stats.Unreachable != 1 {
 		t.Fatalf("Update = %+v, %v", stats, err)
 	}
 	check := func(what string, want, unwanted []string) {
@@ -240,31 +212,28 @@ func TestUpdateProgramsOnlyTheChanges(t *testing.T) {
 		[]string{"0e:00:00:00:00:02 ", "100.96.3.0", "0e:00:00:00:00:03", "100.96.6.0"})
 
 	// Peer 4 leaves: the VTEP peer 5 shares stays.
-	if _, err := update(t, v, []backend.Change{{Old: p4}}); err != nil {
-		t.Fatal(err)
+	if _, res := update(v, []testenv.Change{{Old: p4}}); res.Error() != nil {
+		t.Fatal(res.Error())
 	}
 	check("after peer 4 left", []string{"0e:00:00:00:00:04 dst 198.18.0.4", "100.96.5.0 lladdr 0e:00:00:00:00:04"}, []string{"100.96.4.0"})
 
-	// A full sync of the same peers finds nothing to change.
-	routes, _, err := v.Sync(context.Background(), self, []*subnet.Lease{p2b, p5, p6})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if changed, err := backend.SyncRoutes(n.Netlink, routes); err != nil || changed != 0 {
-		t.Errorf("a full sync after updates changed %d routes (%v)", changed, err)
+	// A full sync of the same peers finds nothing to change: the update
+	// and the full sync agree on what the kernel holds.
+	if _, res := sync(t, v, []*subnet.Lease{p2b, p5, p6}); res.Error() != nil || res.Changed != 0 {
+		t.Errorf("a full sync after updates changed %d entries (%v)", res.Changed, res.Error())
 	}
 }
 
 func TestSetupReusesCompatibleAndRecreatesIncompatibleDevice(t *testing.T) {
 	n, ext := newNode(t)
 	v := newVXLAN(t, n, ext, `{"Network":"100.96.0.0/12"}`)
-	if _, err := v.Setup(context.Background()); err != nil {
+	if _, err := v.Setup(); err != nil {
 		t.Fatal(err)
 	}
 	before, _ := n.Netlink.LinkByName("weft.1")
 
 	again := newVXLAN(t, n, ext, `{"Network":"100.96.0.0/12"}`)
-	if _, err := again.Setup(context.Background()); err != nil {
+	if _, err := again.Setup(); err != nil {
 		t.Fatal(err)
 	}
 	after, _ := n.Netlink.LinkByName("weft.1")
@@ -273,7 +242,7 @@ func TestSetupReusesCompatibleAndRecreatesIncompatibleDevice(t *testing.T) {
 	}
 
 	other := newVXLAN(t, n, ext, `{"Network":"100.96.0.0/12","Backend":{"Type":"vxlan","Port":4789,"MTU":1400}}`)
-	if _, err := other.Setup(context.Background()); err != nil {
+	if _, err := other.Setup(); err != nil {
 		t.Fatal(err)
 	}
 	dev := ip(t, n, "-d", "link", "show", "weft.1")
@@ -291,7 +260,7 @@ func TestStableMAC(t *testing.T) {
 		t.Fatal("same MAC for two nodes")
 	}
 	if a[0]&0x01 != 0 || a[0]&0x02 == 0 {
-		t.Fatalf("%s is not a locally administered unicast MAC", net.HardwareAddr(a))
+		t.Fatalf("%s is not a locally administered unicast MAC", a)
 	}
 }
 
@@ -313,19 +282,15 @@ func benchPeers(n int) []*subnet.Lease {
 }
 
 // BenchmarkFullSync10k is one periodic resync of a node with 10,000 vxlan
-// peers programmed: reading the device's neighbour and FDB entries and the
-// routes back from the kernel and finding nothing to change.
+// peers programmed: setting the device up, working out every peer's
+// entries, reading the routes, neighbour and FDB entries back from the
+// kernel and finding nothing to change.
 func BenchmarkFullSync10k(b *testing.B) {
-	v, peers := programmed(b, 10000)
-	n := v.env.Netlink
+	n, peers := programmed(b, 10000)
 	b.ReportAllocs()
 	for b.Loop() {
-		routes, _, err := v.Sync(context.Background(), self, peers)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if changed, err := backend.SyncRoutes(n, routes); err != nil || changed != 0 {
-			b.Fatalf("changed %d routes: %v", changed, err)
+		if _, res := sync(b, n, peers); res.Error() != nil || res.Changed != 0 {
+			b.Fatalf("changed %d entries: %v", res.Changed, res.Error())
 		}
 	}
 }
@@ -333,7 +298,7 @@ func BenchmarkFullSync10k(b *testing.B) {
 // BenchmarkUpdateOnePeer10k is one lease changing its VTEP MAC on a node
 // with 10,000 vxlan peers: two FDB entries, one neighbour, one route.
 func BenchmarkUpdateOnePeer10k(b *testing.B) {
-	v, peers := programmed(b, 10000)
+	n, peers := programmed(b, 10000)
 	a, z := *peers[0], *peers[0]
 	z.BackendData = json.RawMessage(`{"VNI":1,"VtepMAC":"0e:ff:ff:ff:ff:ff"}`)
 	b.ReportAllocs()
@@ -342,31 +307,20 @@ func BenchmarkUpdateOnePeer10k(b *testing.B) {
 		if i%2 == 1 {
 			old, cur = cur, old
 		}
-		delta, _, err := v.Update(context.Background(), self, []backend.Change{{Old: old, New: cur}})
-		if err == nil {
-			err = backend.ApplyRoutes(v.env.Netlink, delta)
-		}
-		if err != nil {
-			b.Fatal(err)
+		if _, res := update(n, []testenv.Change{{Old: old, New: cur}}); res.Error() != nil {
+			b.Fatal(res.Error())
 		}
 	}
 }
 
 // programmed returns a vxlan backend in a new namespace with n peers
 // programmed, routes included.
-func programmed(b *testing.B, n int) (*VXLAN, []*subnet.Lease) {
+func programmed(b *testing.B, n int) (*testenv.Node, []*subnet.Lease) {
 	ns, ext := newNode(b)
 	v := newVXLAN(b, ns, ext, `{"Network":"100.96.0.0/12"}`)
-	if _, err := v.Setup(context.Background()); err != nil {
-		b.Fatal(err)
-	}
 	peers := benchPeers(n)
-	routes, _, err := v.Sync(context.Background(), self, peers)
-	if err == nil {
-		_, err = backend.SyncRoutes(ns.Netlink, routes)
-	}
-	if err != nil {
-		b.Fatal(err)
+	if _, res := sync(b, v, peers); res.Error() != nil {
+		b.Fatal(res.Error())
 	}
 	return v, peers
 }

@@ -85,7 +85,7 @@ func sandboxUp(c *cli.Context) error {
 	cluster, err := sandbox.Up(c.Context, sandbox.Options{
 		Name: c.String("name"), Dir: dir, BinDir: filepath.Dir(self),
 		Nodes: c.Int("nodes"), Backend: c.String("backend"), IPMasq: c.Bool("ip-masq"),
-		IPv6: c.Bool("ipv6"), NetConf: netConf(c.String("backend"), c.Bool("ipv6")),
+		IPv6: c.Bool("ipv6"), NetConf: sandbox.NetConf(c.String("backend"), c.Bool("ipv6")),
 		Detach: true,
 		Log:    func(format string, args ...any) { fmt.Fprintf(out, format+"\n", args...) },
 	})
@@ -176,12 +176,4 @@ func printSandbox(w io.Writer, st sandbox.State) {
 		etcd = "stopped"
 	}
 	fmt.Fprintf(w, "etcd %s in %s: %s (pid %d); logs in %s\n", st.Etcd, st.Fabric, etcd, st.EtcdPID, st.Dir)
-}
-
-// netConf is the sandbox's net-conf.json.
-func netConf(backend string, ipv6 bool) string {
-	if ipv6 {
-		return fmt.Sprintf(`{"Network":"100.96.0.0/12","EnableIPv6":true,"IPv6Network":"fd96::/48","Backend":{"Type":%q}}`, backend)
-	}
-	return fmt.Sprintf(`{"Network":"100.96.0.0/12","Backend":{"Type":%q}}`, backend)
 }

@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/weft-net/weft/internal/etcdtest"
 	"github.com/weft-net/weft/internal/testenv"
 )
 
@@ -21,7 +20,7 @@ func TestEtcdOverTLSWithClientCertificates(t *testing.T) {
 	cliCert, cliKey := ca.Issue(t, dir, "client", nil, true, now.Add(-time.Hour), now.Add(time.Hour))
 	oldCert, oldKey := ca.Issue(t, dir, "expired", nil, true, now.Add(-48*time.Hour), now.Add(-24*time.Hour))
 	strCert, strKey := other.Issue(t, dir, "stranger", nil, true, now.Add(-time.Hour), now.Add(time.Hour))
-	srv := etcdtest.StartWith(t, etcdtest.Options{CertFile: srvCert, KeyFile: srvKey, TrustedCAFile: ca.CertFile, ClientCertAuth: true})
+	srv := testenv.StartEtcdWith(t, testenv.EtcdOptions{CertFile: srvCert, KeyFile: srvKey, TrustedCAFile: ca.CertFile, ClientCertAuth: true})
 	ep := srv.Endpoint()
 	if !strings.HasPrefix(ep, "https://") {
 		t.Fatalf("endpoint %s", ep)
@@ -70,7 +69,7 @@ func TestEtcdOverTLSWithClientCertificates(t *testing.T) {
 }
 
 func TestEtcdWithUsernameAndPassword(t *testing.T) {
-	srv := etcdtest.Start(t)
+	srv := testenv.StartEtcd(t)
 	cli := srv.Client(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

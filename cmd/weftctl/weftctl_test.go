@@ -13,7 +13,6 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/weft-net/weft/internal/etcdtest"
 	"github.com/weft-net/weft/internal/testenv"
 )
 
@@ -43,7 +42,7 @@ func weftctl(t *testing.T, endpoint, stdin string, args ...string) result {
 }
 
 func TestConfigSetGet(t *testing.T) {
-	srv := etcdtest.Start(t)
+	srv := testenv.StartEtcd(t)
 	ep := srv.Endpoint()
 
 	// Nothing there yet.
@@ -96,7 +95,7 @@ func TestConfigSetGet(t *testing.T) {
 }
 
 func TestLeases(t *testing.T) {
-	srv := etcdtest.Start(t)
+	srv := testenv.StartEtcd(t)
 	cli := srv.Client(t)
 	ctx := context.Background()
 	grant, err := cli.Grant(ctx, 600)

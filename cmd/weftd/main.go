@@ -22,7 +22,7 @@ import (
 	"github.com/weft-net/weft/subnet"
 )
 
-// Exit statuses, as DESIGN.md fixes them.
+// Exit statuses, as the README documents them.
 const (
 	exitFailure = 1
 	exitInvalid = 2

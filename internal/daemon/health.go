@@ -12,24 +12,25 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/weft-net/weft/backend"
 	"github.com/weft-net/weft/internal/status"
 )
 
-// metrics are weftd's Prometheus metrics, in a registry of their own.
+// metrics are weftd's Prometheus metrics, in a registry of their own. It
+// implements reconcile.Metrics.
 type metrics struct {
 	registry       *prometheus.Registry
 	peers          *prometheus.GaugeVec
 	syncDuration   prometheus.Histogram
 	syncErrors     prometheus.Counter
-	leaseTTL       prometheus.Gauge
 	ready          prometheus.Gauge
 	backendInfo    *prometheus.GaugeVec
 	configRejected prometheus.Counter
 }
 
-func newMetrics(backendType string, watchRestarts func() uint64) *metrics {
+func newMetrics(d *daemon) *metrics {
 	m := &metrics{
 		registry: prometheus.NewRegistry(),
 		peers: prometheus.NewGaugeVec(prometheus.GaugeOpts{
@@ -39,28 +40,43 @@ func newMetrics(backendType string, watchRestarts func() uint64) *metrics {
 			Name: "weft_sync_duration_seconds", Help: "Time to bring the kernel in step with the leases.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
 		}),
-		syncErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "weft_sync_errors_total", Help: "Syncs that failed to program something."}),
-		leaseTTL:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "weft_lease_ttl_seconds", Help: "Time left on this node's etcd lease."}),
-		ready:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "weft_ready", Help: "1 when the node is ready (subnet.env written, peers programmed)."}),
+		syncErrors:     prometheus.NewCounter(prometheus.CounterOpts{Name: "weft_sync_errors_total", Help: "Syncs that failed to program something."}),
+		ready:          prometheus.NewGauge(prometheus.GaugeOpts{Name: "weft_ready", Help: "1 when the node is ready (subnet.env written, peers programmed)."}),
+		backendInfo:    prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "weft_backend_info", Help: "The backend this node runs (announces in its lease)."}, []string{"type"}),
+		configRejected: prometheus.NewCounter(prometheus.CounterOpts{Name: "weft_config_rejected_total", Help: "Configuration changes that were invalid or cannot be applied to a running node."}),
 	}
-	m.backendInfo = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "weft_backend_info", Help: "The backend this node runs (announces in its lease)."}, []string{"type"})
-	m.setBackend(backendType)
-	m.configRejected = prometheus.NewCounter(prometheus.CounterOpts{Name: "weft_config_rejected_total", Help: "Configuration changes that were invalid or cannot be applied to a running node."})
 	restarts := prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "weft_etcd_watch_restarts_total", Help: "Times the lease watch had to be re-established."},
-		func() float64 { return float64(watchRestarts()) })
-	m.registry.MustRegister(m.peers, m.syncDuration, m.syncErrors, m.leaseTTL, m.ready, m.backendInfo, m.configRejected, restarts,
+		func() float64 {
+			if s := d.store.Load(); s != nil {
+				return float64(s.WatchRestarts())
+			}
+			return 0
+		})
+	leaseTTL := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "weft_lease_ttl_seconds", Help: "Time left on this node's etcd lease."},
+		func() float64 {
+			if c := d.claim.Load(); c != nil {
+				return c.TTL().Seconds()
+			}
+			return 0
+		})
+	m.registry.MustRegister(m.peers, m.syncDuration, m.syncErrors, leaseTTL, m.ready, m.backendInfo, m.configRejected, restarts,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 
-func (m *metrics) setBackend(t string) {
+// SetBackend implements reconcile.Metrics.
+func (m *metrics) SetBackend(t string) {
 	m.backendInfo.Reset()
 	if t != "" {
 		m.backendInfo.WithLabelValues(t).Set(1)
 	}
 }
 
-func (m *metrics) observeSync(d time.Duration, stats backend.Stats, err error) {
+// ConfigRejected implements reconcile.Metrics.
+func (m *metrics) ConfigRejected() { m.configRejected.Inc() }
+
+// ObserveSync implements reconcile.Metrics.
+func (m *metrics) ObserveSync(d time.Duration, stats backend.Stats, err error) {
 	m.syncDuration.Observe(d.Seconds())
 	if err != nil {
 		m.syncErrors.Inc()
@@ -72,34 +88,59 @@ func (m *metrics) observeSync(d time.Duration, stats backend.Stats, err error) {
 	m.peers.WithLabelValues("encapsulated").Set(float64(stats.Programmed - stats.Direct))
 }
 
-// state is the daemon's status as the health server reports it. It is
-// safe for concurrent use.
-type state struct {
-	mu sync.Mutex
-	st status.Status // guarded by mu
+// board is what the daemon itself reports beside its parts: whether it is
+// ready, and why not. It is safe for concurrent use.
+type board struct {
+	mu          sync.Mutex
+	ready       bool   // guarded by mu
+	notReady    string // guarded by mu; why, when not ready
+	configIssue string // guarded by mu; why a new configuration document was refused
 }
 
-func (s *state) update(f func(*status.Status)) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	f(&s.st)
+func (b *board) set(f func(*board)) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	f(b)
 }
 
-func (s *state) get() status.Status {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.st
+// status is what /status serves: the daemon's own state, the
+// reconciler's and the lease's, read now.
+func (d *daemon) status() status.Status {
+	s := status.Status{Node: d.cfg.NodeName}
+	d.board.set(func(b *board) { s.Ready, s.NotReady, s.ConfigIssue = b.ready, b.notReady, b.configIssue })
+	if r := d.rec.Load(); r != nil {
+		rs := r.Status()
+		s.Backend, s.Interface, s.MTU, s.Peers = rs.Backend, rs.Interface, rs.MTU, rs.Peers
+		s.LastSync, s.LastSyncErr, s.SyncErrors = rs.LastSync, rs.LastSyncErr, rs.SyncErrors
+		if rs.ConfigIssue != "" {
+			s.ConfigIssue = rs.ConfigIssue
+		}
+	}
+	if c := d.claim.Load(); c != nil {
+		l := c.Lease()
+		s.Subnet, s.IPv6Subnet = str(l.Subnet), str(l.IPv6Subnet)
+		s.PublicIP, s.PublicIPv6 = str(l.PublicIP), str(l.PublicIPv6)
+		s.LeaseTTL = int64(c.TTL() / time.Second)
+		if p := c.Problem(); p != nil {
+			s.LeaseIssue = p.Error()
+		}
+	}
+	if st := d.store.Load(); st != nil {
+		s.Restarts = st.WatchRestarts()
+	}
+	return s
 }
 
-// serveHealth serves /healthz, /readyz, /metrics and /status on l until
-// ctx ends, and closes l. Nothing it serves changes state.
-func serveHealth(ctx context.Context, l net.Listener, st *state, m *metrics) error {
+// serveHealth serves /healthz, /readyz, /metrics and /status on l in g
+// until ctx ends, then shuts the server down, which closes l. Nothing it
+// serves changes state.
+func serveHealth(ctx context.Context, g *errgroup.Group, l net.Listener, st func() status.Status, m *metrics) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		s := st.get()
+		s := st()
 		if !s.Ready {
 			http.Error(w, "not ready: "+s.NotReady, http.StatusServiceUnavailable)
 			return
@@ -110,19 +151,33 @@ func serveHealth(ctx context.Context, l net.Listener, st *state, m *metrics) err
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
-		enc.Encode(st.get())
+		enc.Encode(st())
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{}))
 
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go func() {
+	g.Go(func() error {
+		if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+	g.Go(func() error {
 		<-ctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
-		srv.Shutdown(sctx)
-	}()
-	if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
-		return err
+		srv.Shutdown(sctx) // a client still connected after 2 s is cut off
+		return nil
+	})
+}
+
+// str is v's text form, or "" when v is not valid (no address).
+func str[T interface {
+	IsValid() bool
+	String() string
+}](v T) string {
+	if !v.IsValid() {
+		return ""
 	}
-	return nil
+	return v.String()
 }

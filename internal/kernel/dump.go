@@ -1,4 +1,4 @@
-package backend
+package kernel
 
 import (
 	"encoding/binary"
@@ -15,8 +15,8 @@ import (
 // nlaTypeMask clears the nested and byte-order flags of an attribute type.
 const nlaTypeMask = 0x3fff
 
-// Neigh is a neighbour or FDB entry as weft needs it.
-type Neigh struct {
+// dumped is a neighbour or FDB entry as a dump reports it.
+type dumped struct {
 	LinkIndex int
 	State     uint16
 	IP        netip.Addr
@@ -26,13 +26,14 @@ type Neigh struct {
 	HasMAC bool
 }
 
-// DumpNeighs calls f with every neighbour entry of family (AF_BRIDGE: FDB
+// dumpNeighs calls f with every neighbour entry of family (AF_BRIDGE: FDB
 // entries) in the network namespace ns (netns.None(): the current one),
 // parsing the kernel's dump as it arrives: unlike netlink's NeighList it
 // holds no list, which at 10,000 entries was most of what a full sync
-// allocated. f must not keep the entry it is given. A dump the kernel interrupted is read again after calling
-// restart, so f sees every entry of one consistent dump.
-func DumpNeighs(ns netns.NsHandle, family int, restart func(), f func(*Neigh)) error {
+// allocated. f must not keep the entry it is given. A dump the kernel
+// interrupted is read again after calling restart, so f sees every entry
+// of one consistent dump.
+func dumpNeighs(ns netns.NsHandle, family int, restart func(), f func(*dumped)) error {
 	if ns == 0 {
 		ns = netns.None()
 	}
@@ -42,7 +43,7 @@ func DumpNeighs(ns netns.NsHandle, family int, restart func(), f func(*Neigh)) e
 	}
 	defer sock.Close()
 	sockets := map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: {Socket: sock}}
-	var n Neigh // one for all entries: f must not keep it
+	var n dumped // one for all entries: f must not keep it
 	for attempt := range 5 {
 		if attempt > 0 {
 			restart()
@@ -66,12 +67,12 @@ func DumpNeighs(ns netns.NsHandle, family int, restart func(), f func(*Neigh)) e
 
 // parseNeigh decodes an RTM_NEWNEIGH message: struct ndmsg, then
 // attributes, of which it reads NDA_DST and NDA_LLADDR.
-func parseNeigh(msg []byte) (Neigh, bool) {
+func parseNeigh(msg []byte) (dumped, bool) {
 	const ndmsgLen = 12
 	if len(msg) < ndmsgLen {
-		return Neigh{}, false
+		return dumped{}, false
 	}
-	n := Neigh{
+	n := dumped{
 		LinkIndex: int(int32(binary.NativeEndian.Uint32(msg[4:8]))),
 		State:     binary.NativeEndian.Uint16(msg[8:10]),
 	}

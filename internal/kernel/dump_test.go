@@ -1,4 +1,4 @@
-package backend
+package kernel
 
 import (
 	"encoding/binary"
@@ -37,7 +37,7 @@ func TestParseNeigh(t *testing.T) {
 		attr(unix.NDA_LLADDR, mac), // 6 bytes: padded to 8
 		attr(unix.NDA_DST, []byte{100, 96, 2, 0}),
 		attr(unix.NDA_PROBES, []byte{0, 0, 0, 0})))
-	want := Neigh{LinkIndex: 7, State: unix.NUD_PERMANENT, IP: netip.MustParseAddr("100.96.2.0"), MAC: [6]byte(mac), HasMAC: true}
+	want := dumped{LinkIndex: 7, State: unix.NUD_PERMANENT, IP: netip.MustParseAddr("100.96.2.0"), MAC: [6]byte(mac), HasMAC: true}
 	if !ok || n != want {
 		t.Errorf("parseNeigh = %+v, %v; want %+v", n, ok, want)
 	}

@@ -1,4 +1,8 @@
-package daemon
+// Package netmon is weftd's view of the node's network: it chooses the
+// external interface as flanneld does and watches the kernel, sending a
+// new immutable snapshot of the interface whenever it changes and a signal
+// when weft's own kernel state may have drifted.
+package netmon
 
 import (
 	"errors"
@@ -11,14 +15,28 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/weft-net/weft/backend"
+	"github.com/weft-net/weft/internal/kernel"
 )
 
-// chooseInterface picks the external interface as flanneld does: the first
-// of --iface (name or address) that exists, else the first interface whose
+// Selection says which interface to use and which addresses to announce:
+// weftd's --iface, --iface-regex, --iface-can-reach, --public-ip and
+// --public-ipv6.
+type Selection struct {
+	Ifaces     []string
+	IfaceRegex []string
+	CanReach   netip.Addr
+	PublicIP   netip.Addr
+	PublicIPv6 netip.Addr
+}
+
+// Choose picks the external interface as flanneld does: the first of
+// --iface (name or address) that exists, else the first interface whose
 // name or address matches --iface-regex, else the interface of the route to
-// --iface-can-reach, else that of the default route. It returns the
-// interface and a sentence saying why it was chosen.
-func chooseInterface(h netlinksafe.Handle, cfg *Config, ipv6Only bool) (*backend.ExternalInterface, string, error) {
+// --iface-can-reach, else that of the default route (IPv6's on an
+// IPv6-only network). It returns a snapshot of the interface and a
+// sentence saying why it was chosen. The regular expressions must have
+// been checked (weftd's Config.Validate does).
+func Choose(h netlinksafe.Handle, cfg *Selection, ipv6Only bool) (*backend.ExternalInterface, string, error) {
 	links, err := h.LinkList()
 	if err != nil {
 		return nil, "", fmt.Errorf("listing interfaces: %w", err)
@@ -72,15 +90,15 @@ func chooseInterface(h netlinksafe.Handle, cfg *Config, ipv6Only bool) (*backend
 		if chosen == nil {
 			return nil, "", fmt.Errorf("no interface name or address matches --iface-regex %v", cfg.IfaceRegex)
 		}
-	case cfg.IfaceCanReach.IsValid():
-		routes, err := h.RouteGet(cfg.IfaceCanReach.AsSlice())
+	case cfg.CanReach.IsValid():
+		routes, err := h.RouteGet(cfg.CanReach.AsSlice())
 		if err != nil || len(routes) == 0 {
-			return nil, "", fmt.Errorf("no route to --iface-can-reach %s: %w", cfg.IfaceCanReach, err)
+			return nil, "", fmt.Errorf("no route to --iface-can-reach %s: %w", cfg.CanReach, err)
 		}
 		if chosen, err = h.LinkByIndex(routes[0].LinkIndex); err != nil {
-			return nil, "", fmt.Errorf("interface #%d of the route to %s: %w", routes[0].LinkIndex, cfg.IfaceCanReach, err)
+			return nil, "", fmt.Errorf("interface #%d of the route to %s: %w", routes[0].LinkIndex, cfg.CanReach, err)
 		}
-		why = fmt.Sprintf("it has the route to --iface-can-reach %s", cfg.IfaceCanReach)
+		why = fmt.Sprintf("it has the route to --iface-can-reach %s", cfg.CanReach)
 	default:
 		family := netlink.FAMILY_V4
 		if ipv6Only {
@@ -103,13 +121,12 @@ func chooseInterface(h netlinksafe.Handle, cfg *Config, ipv6Only bool) (*backend
 		}
 	}
 
-	return describeInterface(chosen, addrsOf(chosen), cfg), why, nil
+	return describe(chosen, addrsOf(chosen), cfg), why, nil
 }
 
-// describeInterface fills in an ExternalInterface from a link and its
-// global addresses; --public-ip and --public-ipv6 override what peers are
-// told.
-func describeInterface(link netlink.Link, addrs []netip.Prefix, cfg *Config) *backend.ExternalInterface {
+// describe makes a snapshot of link with its global addresses;
+// --public-ip and --public-ipv6 override what peers are told.
+func describe(link netlink.Link, addrs []netip.Prefix, cfg *Selection) *backend.ExternalInterface {
 	attrs := link.Attrs()
 	ext := &backend.ExternalInterface{Name: attrs.Name, Index: attrs.Index, MTU: attrs.MTU, Addrs: addrs}
 	for _, p := range ext.Addrs {
@@ -138,7 +155,7 @@ func globalAddrs(h netlinksafe.Handle, link netlink.Link) ([]netip.Prefix, error
 	}
 	var ps []netip.Prefix
 	for _, a := range as {
-		if p, ok := backend.IPNetToPrefix(a.IPNet); ok && p.Addr().IsGlobalUnicast() {
+		if p, ok := kernel.IPNetToPrefix(a.IPNet); ok && p.Addr().IsGlobalUnicast() {
 			ps = append(ps, p)
 		}
 	}

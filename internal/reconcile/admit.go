@@ -1,4 +1,4 @@
-package daemon
+package reconcile
 
 import (
 	"fmt"
@@ -19,11 +19,9 @@ func admit(all map[string]*peer, self subnet.Lease, underlay []netip.Prefix) (re
 	// node, found in one pass without sorting.
 	owner := make(map[netip.Prefix]string, len(all))
 	for k, p := range all {
-		for _, sn := range [...]netip.Prefix{p.lease.Subnet, p.lease.IPv6Subnet} {
-			if sn.IsValid() {
-				if cur, ok := owner[sn]; !ok || k < cur {
-					owner[sn] = k
-				}
+		for sn := range p.lease.Subnets {
+			if cur, ok := owner[sn]; !ok || k < cur {
+				owner[sn] = k
 			}
 		}
 	}
@@ -33,8 +31,8 @@ func admit(all map[string]*peer, self subnet.Lease, underlay []netip.Prefix) (re
 			refused[k] = why
 			continue
 		}
-		for _, sn := range [...]netip.Prefix{p.lease.Subnet, p.lease.IPv6Subnet} {
-			if other := owner[sn]; sn.IsValid() && other != k {
+		for sn := range p.lease.Subnets {
+			if other := owner[sn]; other != k {
 				refused[k] = fmt.Sprintf("its subnet %s is already leased by %s", sn, other)
 				contended[k] = true
 				break
@@ -47,12 +45,9 @@ func admit(all map[string]*peer, self subnet.Lease, underlay []netip.Prefix) (re
 // overlaps says why l may not be programmed whatever other leases there
 // are (its subnet overlaps this node's or the underlay), or "".
 func overlaps(l, self subnet.Lease, underlay []netip.Prefix) string {
-	for _, sn := range [...]netip.Prefix{l.Subnet, l.IPv6Subnet} {
-		if !sn.IsValid() {
-			continue
-		}
-		for _, mine := range [...]netip.Prefix{self.Subnet, self.IPv6Subnet} {
-			if mine.IsValid() && mine.Overlaps(sn) {
+	for sn := range l.Subnets {
+		for mine := range self.Subnets {
+			if mine.Overlaps(sn) {
 				return fmt.Sprintf("its subnet %s overlaps this node's subnet %s", sn, mine)
 			}
 		}

@@ -1,4 +1,4 @@
-package daemon
+package reconcile
 
 import (
 	"net/netip"
@@ -7,6 +7,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/weft-net/weft/backend"
+	"github.com/weft-net/weft/internal/ratelog"
 	"github.com/weft-net/weft/subnet"
 )
 
@@ -19,6 +20,7 @@ import (
 // sync loop's goroutine only.
 type peerSet struct {
 	log      *logrus.Entry
+	refusals ratelog.Limiter // a refusal is logged once per lease and reason
 	self     subnet.Lease
 	selfKey  string
 	underlay []netip.Prefix
@@ -92,7 +94,7 @@ func (s *peerSet) apply(batch []subnet.Event) {
 		}
 		p := &peer{lease: ev.Lease}
 		s.all[key] = p
-		if !s.admitOne(key, p, old) {
+		if !s.admitOne(key, p) {
 			readmit = true // contended: decided below, for every lease
 		}
 	}
@@ -139,19 +141,16 @@ func (s *peerSet) takeChanges() []change {
 
 // admitOne admits p unless it overlaps this node or the underlay (then it
 // is refused) or claims a subnet another admitted lease holds (then it
-// returns false: admitAll decides). prev is the key's previous lease, to
-// log a refusal only when its reason is new.
-func (s *peerSet) admitOne(key string, p, prev *peer) bool {
-	for _, sn := range [...]netip.Prefix{p.lease.Subnet, p.lease.IPv6Subnet} {
-		if sn.IsValid() {
-			if o, ok := s.owner[sn]; ok && o != key {
-				s.markRefused(p, "contended", true) // until admitAll decides
-				return false
-			}
+// returns false: admitAll decides).
+func (s *peerSet) admitOne(key string, p *peer) bool {
+	for sn := range p.lease.Subnets {
+		if o, ok := s.owner[sn]; ok && o != key {
+			s.markRefused(p, "contended", true) // until admitAll decides
+			return false
 		}
 	}
 	if why := overlaps(p.lease, s.self, s.underlay); why != "" {
-		s.refuse(key, p, prev, why)
+		s.refuse(key, p, why, false)
 		return true
 	}
 	s.admit(key, p)
@@ -174,29 +173,25 @@ func (s *peerSet) admitAll() {
 			s.admit(key, p)
 			continue
 		}
-		if why != p.refused {
-			s.log.WithField("peer", key).Warn("refusing lease: " + why)
-		}
-		s.markRefused(p, why, contended[key])
+		s.refuse(key, p, why, contended[key])
 	}
 }
 
 func (s *peerSet) admit(key string, p *peer) {
+	s.refusals.Forget(key)
 	p.refused, p.contended = "", false
-	for _, sn := range [...]netip.Prefix{p.lease.Subnet, p.lease.IPv6Subnet} {
-		if sn.IsValid() {
-			s.owner[sn] = key
-		}
+	for sn := range p.lease.Subnets {
+		s.owner[sn] = key
 	}
 	s.byType[p.lease.BackendType]++
 	s.counts[p.state]++
 }
 
-func (s *peerSet) refuse(key string, p, prev *peer, why string) {
-	if prev == nil || prev.refused != why {
-		s.log.WithField("peer", key).Warn("refusing lease: " + why)
-	}
-	s.markRefused(p, why, false)
+// refuse records that p, the lease of key, is not admitted, and why, and
+// says so once per reason.
+func (s *peerSet) refuse(key string, p *peer, why string, contended bool) {
+	s.refusals.Warn(s.log.WithField("peer", key), key, "refusing lease: "+why)
+	s.markRefused(p, why, contended)
 }
 
 // markRefused records that p is not admitted, and why.
@@ -211,6 +206,7 @@ func (s *peerSet) markRefused(p *peer, why string, contended bool) {
 // remove forgets p, the lease of key.
 func (s *peerSet) remove(key string, p *peer) {
 	delete(s.all, key)
+	s.refusals.Forget(key)
 	if !p.admitted() {
 		s.refused--
 		if p.contended {
@@ -218,8 +214,8 @@ func (s *peerSet) remove(key string, p *peer) {
 		}
 		return
 	}
-	for _, sn := range [...]netip.Prefix{p.lease.Subnet, p.lease.IPv6Subnet} {
-		if sn.IsValid() && s.owner[sn] == key {
+	for sn := range p.lease.Subnets {
+		if s.owner[sn] == key {
 			delete(s.owner, sn)
 		}
 	}

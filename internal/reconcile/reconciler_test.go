@@ -1,4 +1,4 @@
-package daemon
+package reconcile
 
 import (
 	"context"
@@ -6,79 +6,109 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/sirupsen/logrus"
+	logtest "github.com/sirupsen/logrus/hooks/test"
 
 	"github.com/weft-net/weft/backend"
+	"github.com/weft-net/weft/internal/kernel"
+	"github.com/weft-net/weft/internal/mailbox"
+	"github.com/weft-net/weft/internal/testenv"
 	"github.com/weft-net/weft/subnet"
 )
 
-// fakeBackend records the calls it gets and the peers it holds.
-type fakeBackend struct {
+// fakeKernel is a kernel layer that records what it is asked and holds
+// the routes it was given, by destination.
+type fakeKernel struct {
 	mu      sync.Mutex
-	calls   int
-	updates int // calls that were Update
-	held    map[string]subnet.Lease
+	syncs   int
+	updates int
+	routes  map[netip.Prefix]kernel.Route
 }
+
+var _ Programmer = (*fakeKernel)(nil)
+
+func (k *fakeKernel) NewWant() *kernel.Want { return &kernel.Want{} }
+
+func (k *fakeKernel) Sync(w *kernel.Want) kernel.Result {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.syncs++
+	k.routes = map[netip.Prefix]kernel.Route{}
+	for _, r := range w.Routes {
+		k.routes[r.Dst] = r
+	}
+	return kernel.Result{}
+}
+
+func (k *fakeKernel) Update(changes []kernel.Change) kernel.Result {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.updates++
+	var res kernel.Result
+	for _, c := range changes {
+		if c.Old != nil {
+			for _, r := range c.Old.Routes {
+				if _, ok := k.routes[r.Dst]; !ok {
+					res.Err = fmt.Errorf("update deletes %s, which the kernel does not hold", r.Dst)
+				}
+				delete(k.routes, r.Dst)
+			}
+		}
+		if c.New != nil {
+			for _, r := range c.New.Routes {
+				k.routes[r.Dst] = r
+			}
+		}
+	}
+	return res
+}
+
+func (k *fakeKernel) SweepLinks(map[string]bool) ([]string, error) { return nil, nil }
+
+// state returns how many calls the kernel got and the subnets it routes.
+func (k *fakeKernel) state() (syncs, updates int, held []string) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for dst := range maps.Keys(k.routes) {
+		held = append(held, dst.String())
+	}
+	slices.Sort(held)
+	return k.syncs, k.updates, held
+}
+
+// fakeBackend routes each peer's subnet via its public address; a peer
+// without one is unreachable. Its MTU follows the interface.
+type fakeBackend struct{ ext *backend.ExternalInterface }
 
 var _ backend.Backend = (*fakeBackend)(nil)
 
 func (f *fakeBackend) Type() string { return "fake" }
-func (f *fakeBackend) Setup(context.Context) (backend.Published, error) {
-	return backend.Published{}, nil
+func (f *fakeBackend) Setup(_ context.Context, ext *backend.ExternalInterface, _ *subnet.Lease) (backend.Published, error) {
+	f.ext = ext
+	return backend.Published{Data: []byte(`{"fake":true}`)}, nil
 }
-func (f *fakeBackend) MTU() int                       { return 1500 }
+func (f *fakeBackend) MTU() int                       { return f.ext.MTU - 50 }
 func (f *fakeBackend) Teardown(context.Context) error { return nil }
 func (f *fakeBackend) Devices() []string              { return nil }
-func (f *fakeBackend) Sync(_ context.Context, _ subnet.Lease, peers []*subnet.Lease) ([]backend.Route, []backend.PeerState, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.calls++
-	f.held = map[string]subnet.Lease{}
-	states := make([]backend.PeerState, len(peers))
-	for i, p := range peers {
-		f.held[p.Key()] = *p
-		states[i] = backend.Encapsulated
+func (f *fakeBackend) Links() []int                   { return nil }
+func (f *fakeBackend) Peer(p *subnet.Lease, _ *backend.Underlay, e *kernel.Entries) (backend.PeerState, string) {
+	if p.PublicIP.Is6() {
+		return backend.Unreachable, "peer " + p.PublicIP.String() + " cannot be reached by a fake"
 	}
-	return nil, states, nil
+	e.Routes = append(e.Routes, kernel.Route{Dst: p.Subnet, Gw: p.PublicIP})
+	return backend.Encapsulated, ""
 }
 
-func (f *fakeBackend) Update(_ context.Context, _ subnet.Lease, changes []backend.Change) (backend.RouteDelta, []backend.PeerState, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.calls++
-	f.updates++
-	states := make([]backend.PeerState, len(changes))
-	for i, c := range changes {
-		if c.Old != nil {
-			if _, ok := f.held[c.Old.Key()]; !ok {
-				return backend.RouteDelta{}, nil, fmt.Errorf("update of %s, which the backend does not hold", c.Old.Key())
-			}
-			delete(f.held, c.Old.Key())
-		}
-		if c.New != nil {
-			f.held[c.New.Key()] = *c.New
-			states[i] = backend.Encapsulated
-		}
-	}
-	return backend.RouteDelta{}, states, nil
-}
+type nopMetrics struct{}
 
-// state returns how many calls the backend got and the keys it holds.
-func (f *fakeBackend) state() (int, []string) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.calls, slices.Sorted(maps.Keys(f.held))
-}
-
-// noRoutes is a routeWriter that writes nothing.
-type noRoutes struct{}
-
-func (noRoutes) sync([]backend.Route) error     { return nil }
-func (noRoutes) apply(backend.RouteDelta) error { return nil }
+func (nopMetrics) ObserveSync(time.Duration, backend.Stats, error) {}
+func (nopMetrics) ConfigRejected()                                 {}
+func (nopMetrics) SetBackend(string)                               {}
 
 func lease(i int) subnet.Lease {
 	return subnet.Lease{
@@ -87,131 +117,173 @@ func lease(i int) subnet.Lease {
 	}
 }
 
-func newTestDaemon(b backend.Backend) *daemon {
-	log := logrus.NewEntry(logrus.New())
-	set := newBackendSet(backend.Env{}, log)
-	set.routes = noRoutes{}
-	set.active["fake"] = &running{Backend: b, options: subnet.Backend{Type: "fake"}}
-	set.primary = "fake"
-	return &daemon{
-		cfg:      &Config{ResyncInterval: time.Hour},
-		log:      log,
-		state:    &state{},
-		metrics:  newMetrics("fake", func() uint64 { return 0 }),
-		backends: set,
+func keys(is ...int) []string {
+	var out []string
+	for _, i := range is {
+		out = append(out, lease(i).Subnet.String())
 	}
+	slices.Sort(out)
+	return out
 }
 
-func TestSyncLoopCoalescesABurstIntoOneSync(t *testing.T) {
-	fb := &fakeBackend{}
-	d := newTestDaemon(fb)
-	self := lease(0)
-	const n = 1000
-	events := make(chan []subnet.Event, n+1)
-	events <- []subnet.Event{} // the initial (empty) listing
-	for i := 1; i <= n; i++ {
-		events <- []subnet.Event{{Type: subnet.Added, Lease: lease(i)}}
+// harness runs a Reconciler with the fakes.
+type harness struct {
+	k      *fakeKernel
+	r      *Reconciler
+	events chan []subnet.Event
+	ifs    chan *backend.ExternalInterface
+	out    *mailbox.Mailbox[Announcement]
+	log    *logtest.Hook
+}
+
+func start(t *testing.T, self subnet.Lease) *harness {
+	t.Helper()
+	logger, hook := logtest.NewNullLogger()
+	h := &harness{
+		k: &fakeKernel{}, events: make(chan []subnet.Event, 2000), ifs: make(chan *backend.ExternalInterface, 1),
+		out: mailbox.New[Announcement](), log: hook,
 	}
-	readyCalls := 0
+	network, _, _ := subnet.ParseConfig([]byte(`{"Network":"100.96.0.0/12","Backend":{"Type":"vxlan"}}`))
+	network.Backend.Type = "fake"
+	fb := &fakeBackend{}
+	h.r = New(Config{
+		Kernel: h.k, Network: network, ResyncInterval: time.Hour, Log: logrus.NewEntry(logger), Metrics: nopMetrics{},
+		Backends:  map[string]backend.Constructor{"fake": func(backend.Env) (backend.Backend, error) { return fb, nil }},
+		Interface: &backend.ExternalInterface{Name: "eth0", Index: 2, MTU: 1500, PublicIP: netip.MustParseAddr("198.18.0.1"), LocalIP: netip.MustParseAddr("198.18.0.1")},
+	})
+	if _, err := h.r.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
-	go func() { done <- d.syncLoop(ctx, self, events, nil, nil, func() error { readyCalls++; return nil }) }()
+	go func() {
+		done <- h.r.Run(ctx, self, Inputs{Leases: h.events, Interfaces: h.ifs}, h.out)
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	return h
+}
 
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		calls, held := fb.state()
-		if len(held) == n {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("never synced all %d peers; %d calls", n, calls)
-		}
-		time.Sleep(10 * time.Millisecond)
+// wait waits until the kernel routes exactly the subnets of want.
+func (h *harness) wait(t *testing.T, want []string) {
+	t.Helper()
+	testenv.Eventually(t, 5*time.Second, fmt.Sprintf("the kernel routes %v", want), func() (bool, string) {
+		syncs, updates, held := h.k.state()
+		return slices.Equal(held, want), fmt.Sprintf("%d syncs, %d updates, routes %v", syncs, updates, held)
+	})
+}
+
+func TestABurstOfJoinsIsOneSync(t *testing.T) {
+	const n = 1000
+	self := lease(0)
+	events := make([][]subnet.Event, 0, n+1)
+	events = append(events, []subnet.Event{}) // the initial (empty) listing
+	var all []int
+	for i := 1; i <= n; i++ {
+		events = append(events, []subnet.Event{{Type: subnet.Added, Lease: lease(i)}})
+		all = append(all, i)
 	}
-	cancel()
-	<-done
-	if calls, _ := fb.state(); calls != 1 {
-		t.Errorf("a burst of %d joins cost %d syncs, want 1", n, calls)
+	h := start(t, self)
+	for _, b := range events {
+		h.events <- b
 	}
-	if readyCalls != 1 {
-		t.Errorf("ready called %d times, want once", readyCalls)
+	h.wait(t, keys(all...))
+	if syncs, updates, _ := h.k.state(); syncs+updates > 2 {
+		t.Errorf("a burst of %d joins cost %d full syncs and %d updates, want one of them (or, if the burst raced the first listing, two)", n, syncs, updates)
+	}
+	select {
+	case a := <-h.out.C():
+		if !a.Ready || a.Backend != "fake" || a.PublicIP != netip.MustParseAddr("198.18.0.1") || a.MTU != 1450 {
+			t.Errorf("announcement %+v; want ready, fake, 198.18.0.1, MTU 1450", a)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no announcement after the first sync")
 	}
 }
 
-func TestSyncLoopIgnoresSelfAndOverlaps(t *testing.T) {
-	fb := &fakeBackend{}
-	d := newTestDaemon(fb)
+func TestSelfAndOverlapsAreNotProgrammed(t *testing.T) {
 	self := lease(1)
+	h := start(t, self)
 	overlapping := lease(1)
 	overlapping.Subnet = netip.MustParsePrefix("100.96.1.128/25") // inside this node's subnet
-	events := make(chan []subnet.Event, 4)
-	events <- []subnet.Event{
+	h.events <- []subnet.Event{
 		{Type: subnet.Added, Lease: self},
 		{Type: subnet.Added, Lease: overlapping},
 		{Type: subnet.Added, Lease: lease(2)},
 	}
-	events <- []subnet.Event{{Type: subnet.Removed, Lease: lease(2)}, {Type: subnet.Added, Lease: lease(3)}}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
-	go func() { done <- d.syncLoop(ctx, self, events, nil, nil, func() error { return nil }) }()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		_, held := fb.state()
-		if slices.Equal(held, []string{lease(3).Key()}) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("backend holds %v, want only %s", held, lease(3).Key())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	cancel()
-	<-done
+	h.events <- []subnet.Event{{Type: subnet.Removed, Lease: lease(2)}, {Type: subnet.Added, Lease: lease(3)}}
+	h.wait(t, keys(3))
 }
 
-func TestSyncLoopUpdatesOnlyWhatChanged(t *testing.T) {
-	fb := &fakeBackend{}
-	d := newTestDaemon(fb)
-	events := make(chan []subnet.Event, 2)
-	events <- []subnet.Event{{Type: subnet.Added, Lease: lease(2)}, {Type: subnet.Added, Lease: lease(3)}, {Type: subnet.Added, Lease: lease(4)}}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
-	go func() { done <- d.syncLoop(ctx, lease(1), events, nil, nil, func() error { return nil }) }()
-	defer func() { cancel(); <-done }()
-	wait := func(want []string) {
-		t.Helper()
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			if _, held := fb.state(); slices.Equal(held, want) {
-				return
-			}
-			if time.Now().After(deadline) {
-				_, held := fb.state()
-				t.Fatalf("backend holds %v, want %v", held, want)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
-	wait([]string{lease(2).Key(), lease(3).Key(), lease(4).Key()})
+func TestOnlyWhatChangedIsUpdated(t *testing.T) {
+	h := start(t, lease(1))
+	h.events <- []subnet.Event{{Type: subnet.Added, Lease: lease(2)}, {Type: subnet.Added, Lease: lease(3)}, {Type: subnet.Added, Lease: lease(4)}}
+	h.wait(t, keys(2, 3, 4))
 
 	moved := lease(3)
 	moved.PublicIP = netip.MustParseAddr("198.18.9.3")
-	events <- []subnet.Event{{Type: subnet.Removed, Lease: lease(2)}, {Type: subnet.Added, Lease: moved}, {Type: subnet.Added, Lease: lease(5)}}
-	wait([]string{lease(3).Key(), lease(4).Key(), lease(5).Key()})
-	fb.mu.Lock()
-	calls, updates, got := fb.calls, fb.updates, fb.held[moved.Key()].PublicIP
-	fb.mu.Unlock()
-	if calls != 2 || updates != 1 {
-		t.Errorf("%d calls, %d of them Update; want a full Sync, then one Update", calls, updates)
+	h.events <- []subnet.Event{{Type: subnet.Removed, Lease: lease(2)}, {Type: subnet.Added, Lease: moved}, {Type: subnet.Added, Lease: lease(5)}}
+	h.wait(t, keys(3, 4, 5))
+	syncs, updates, _ := h.k.state()
+	if syncs != 1 || updates != 1 {
+		t.Errorf("%d full syncs and %d updates; want a full sync, then one update", syncs, updates)
 	}
+	h.k.mu.Lock()
+	got := h.k.routes[moved.Subnet].Gw
+	h.k.mu.Unlock()
 	if got != moved.PublicIP {
-		t.Errorf("the backend holds %s for the moved peer, want %s", got, moved.PublicIP)
+		t.Errorf("the kernel routes the moved peer via %s, want %s", got, moved.PublicIP)
 	}
-	deadline := time.Now().Add(5 * time.Second) // the status follows the sync
-	for st := d.state.get(); st.Peers.Known != 3 || st.Peers.Programmed != 3; st = d.state.get() {
-		if time.Now().After(deadline) {
-			t.Fatalf("status peers = %+v, want 3 known and programmed", st.Peers)
+	testenv.Eventually(t, 5*time.Second, "the status follows the sync", func() (bool, string) {
+		st := h.r.Status()
+		return st.Peers.Known == 3 && st.Peers.Programmed == 3, fmt.Sprintf("%+v", st.Peers)
+	})
+}
+
+func TestAnUnreachablePeerIsLoggedOnce(t *testing.T) {
+	h := start(t, lease(1))
+	far := lease(2)
+	far.PublicIP = netip.MustParseAddr("fd18::2") // the fake cannot reach it
+	h.events <- []subnet.Event{{Type: subnet.Added, Lease: far}, {Type: subnet.Added, Lease: lease(3)}}
+	h.wait(t, keys(3))
+	held := []int{3}
+	for i := 4; i < 8; i++ { // more syncs
+		h.events <- []subnet.Event{{Type: subnet.Added, Lease: lease(i)}}
+		held = append(held, i)
+		h.wait(t, keys(held...))
+	}
+	n := 0
+	for _, e := range h.log.AllEntries() {
+		if strings.Contains(e.Message, "cannot be reached by a fake") {
+			n++
 		}
-		time.Sleep(10 * time.Millisecond)
+	}
+	if n != 1 {
+		t.Errorf("the unreachable peer was logged %d times, want once", n)
+	}
+	if st := h.r.Status(); st.Peers.Unreachable != 1 {
+		t.Errorf("status: %+v, want 1 unreachable", st.Peers)
+	}
+}
+
+// An MTU-only change of the external interface reaches the announcement,
+// so that subnet.env tells new pods the MTU the tunnel can carry.
+func TestAnMTUOnlyInterfaceChangeIsAnnounced(t *testing.T) {
+	h := start(t, lease(1))
+	h.events <- []subnet.Event{{Type: subnet.Added, Lease: lease(2)}}
+	h.wait(t, keys(2))
+	if a := <-h.out.C(); a.MTU != 1450 {
+		t.Fatalf("first announcement MTU %d, want 1450", a.MTU)
+	}
+	h.ifs <- &backend.ExternalInterface{Name: "eth0", Index: 2, MTU: 1400, PublicIP: netip.MustParseAddr("198.18.0.1"), LocalIP: netip.MustParseAddr("198.18.0.1")}
+	select {
+	case a := <-h.out.C():
+		if a.MTU != 1350 || !a.Ready {
+			t.Errorf("announcement after the MTU change: %+v, want MTU 1350 and ready", a)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the MTU change was not announced")
+	}
+	if st := h.r.Status(); st.MTU != 1350 {
+		t.Errorf("status MTU %d, want 1350", st.MTU)
 	}
 }

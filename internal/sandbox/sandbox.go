@@ -135,7 +135,7 @@ func Up(ctx context.Context, opts Options) (c *Cluster, err error) {
 		opts.Backend = subnet.BackendVXLAN
 	}
 	if opts.NetConf == "" {
-		opts.NetConf = fmt.Sprintf(`{"Network":"100.96.0.0/12","Backend":{"Type":%q}}`, opts.Backend)
+		opts.NetConf = NetConf(opts.Backend, false)
 	}
 	if _, _, err := subnet.ParseConfig([]byte(opts.NetConf)); err != nil {
 		return nil, err
@@ -182,6 +182,15 @@ func Up(ctx context.Context, opts Options) (c *Cluster, err error) {
 		}
 	}
 	return c, nil
+}
+
+// NetConf is the sandbox's net-conf.json: the pod network 100.96.0.0/12
+// (and fd96::/48 with ipv6) with backend.
+func NetConf(backend string, ipv6 bool) string {
+	if ipv6 {
+		return fmt.Sprintf(`{"Network":"100.96.0.0/12","EnableIPv6":true,"IPv6Network":"fd96::/48","Backend":{"Type":%q}}`, backend)
+	}
+	return fmt.Sprintf(`{"Network":"100.96.0.0/12","Backend":{"Type":%q}}`, backend)
 }
 
 // etcdMembers is how many etcd members the cluster runs.

@@ -1,6 +1,4 @@
-// Package etcdtest runs a real etcd server (cmd/weft-etcd) as a child
-// process for integration tests, which can stop, restart and kill it.
-package etcdtest
+package testenv
 
 import (
 	"bufio"
@@ -10,29 +8,28 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
-
-	"github.com/weft-net/weft/internal/testenv"
 )
 
-// Options are the server's TLS settings; the zero value serves plain HTTP.
-type Options struct {
+// EtcdOptions are an etcd server's TLS settings; the zero value serves plain HTTP.
+type EtcdOptions struct {
 	CertFile, KeyFile string // server certificate: serve https
 	TrustedCAFile     string // CA of client certificates
 	ClientCertAuth    bool   // require client certificates
 }
 
-// Server is one etcd member on loopback. Its methods are not safe for
+// EtcdServer is a real etcd server (cmd/weft-etcd, etcd's own server
+// code) run as a child process for one test, which can stop, restart,
+// kill and compact it: one member on loopback. Its methods are not safe for
 // concurrent use.
-type Server struct {
+type EtcdServer struct {
 	t          testing.TB
-	opts       Options
+	opts       EtcdOptions
 	bin        string
 	dataDir    string
 	clientAddr string
@@ -42,20 +39,20 @@ type Server struct {
 	logs       *os.File
 }
 
-// Start builds weft-etcd if needed and starts a single-member server with a
+// StartEtcd builds weft-etcd if needed and starts a single-member server with a
 // fresh data directory. The server is killed when the test ends.
-func Start(t testing.TB) *Server {
+func StartEtcd(t testing.TB) *EtcdServer {
 	t.Helper()
-	return StartWith(t, Options{})
+	return StartEtcdWith(t, EtcdOptions{})
 }
 
-// StartWith is Start with TLS options.
-func StartWith(t testing.TB, opts Options) *Server {
+// StartEtcdWith is StartEtcd with TLS options.
+func StartEtcdWith(t testing.TB, opts EtcdOptions) *EtcdServer {
 	t.Helper()
-	s := &Server{
+	s := &EtcdServer{
 		opts:       opts,
 		t:          t,
-		bin:        testenv.Binary(t, "weft-etcd"),
+		bin:        Binary(t, "weft-etcd"),
 		dataDir:    t.TempDir(),
 		clientAddr: freeAddr(t),
 		peerAddr:   freeAddr(t),
@@ -70,7 +67,7 @@ func StartWith(t testing.TB, opts Options) *Server {
 		logs.Close()
 		if t.Failed() {
 			if b, err := os.ReadFile(logs.Name()); err == nil && len(b) > 0 {
-				t.Logf("etcd log:\n%s", tail(b, 4000))
+				t.Logf("etcd log:\n%s", Tail(b, 4000))
 			}
 		}
 	})
@@ -79,7 +76,7 @@ func StartWith(t testing.TB, opts Options) *Server {
 }
 
 // Endpoint returns the client URL.
-func (s *Server) Endpoint() string {
+func (s *EtcdServer) Endpoint() string {
 	if s.opts.CertFile != "" {
 		return "https://" + s.clientAddr
 	}
@@ -88,10 +85,10 @@ func (s *Server) Endpoint() string {
 
 // Restart starts the server again on the same data and address after Stop
 // or Kill (or the first time), and waits until it serves clients.
-func (s *Server) Restart() {
+func (s *EtcdServer) Restart() {
 	s.t.Helper()
 	if s.cmd != nil {
-		s.t.Fatal("etcdtest: Restart while the server runs")
+		s.t.Fatal("testenv: Restart while the server runs")
 	}
 	cmd := exec.Command(s.bin,
 		"--data-dir", s.dataDir,
@@ -138,12 +135,12 @@ func (s *Server) Restart() {
 }
 
 // Stop shuts the server down cleanly (SIGTERM) and waits for it to exit.
-func (s *Server) Stop() { s.signal(syscall.SIGTERM) }
+func (s *EtcdServer) Stop() { s.signal(syscall.SIGTERM) }
 
 // Kill kills the server (SIGKILL) and waits for it to exit.
-func (s *Server) Kill() { s.signal(syscall.SIGKILL) }
+func (s *EtcdServer) Kill() { s.signal(syscall.SIGKILL) }
 
-func (s *Server) signal(sig syscall.Signal) {
+func (s *EtcdServer) signal(sig syscall.Signal) {
 	if s.cmd == nil {
 		return
 	}
@@ -158,7 +155,7 @@ func (s *Server) signal(sig syscall.Signal) {
 }
 
 // Client returns a client of the server, closed when the test ends.
-func (s *Server) Client(t testing.TB) *clientv3.Client {
+func (s *EtcdServer) Client(t testing.TB) *clientv3.Client {
 	t.Helper()
 	cli, err := clientv3.New(clientv3.Config{
 		Endpoints:   []string{s.Endpoint()},
@@ -173,7 +170,7 @@ func (s *Server) Client(t testing.TB) *clientv3.Client {
 }
 
 // Compact compacts the server's history up to its current revision.
-func (s *Server) Compact(t testing.TB) int64 {
+func (s *EtcdServer) Compact(t testing.TB) int64 {
 	t.Helper()
 	cli := s.Client(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -196,11 +193,4 @@ func freeAddr(t testing.TB) string {
 	}
 	defer l.Close()
 	return l.Addr().String()
-}
-
-func tail(b []byte, n int) string {
-	if len(b) > n {
-		b = b[len(b)-n:]
-	}
-	return strings.TrimSpace(string(b))
 }

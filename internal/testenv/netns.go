@@ -52,6 +52,9 @@ func NewNetNS(t testing.TB) *NetNS {
 	return &NetNS{NetNS: n, Name: filepath.Base(n.Path()), Netlink: h}
 }
 
+// Handle returns the namespace's handle, for netlink calls that take one.
+func (n *NetNS) Handle() netns.NsHandle { return netns.NsHandle(n.Fd()) }
+
 // AddUplink gives the namespace an interface name (one end of a veth pair
 // whose other end, name+"-peer", stays up in the same namespace; this kernel
 // has no dummy driver) with address addr, and returns its index.

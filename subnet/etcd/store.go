@@ -13,6 +13,8 @@ import (
 	"github.com/sirupsen/logrus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/weft-net/weft/internal/ratelog"
+	"github.com/weft-net/weft/internal/retry"
 	"github.com/weft-net/weft/subnet"
 )
 
@@ -37,6 +39,8 @@ type Store struct {
 	log     *logrus.Entry
 
 	watchRestarts atomic.Uint64
+	// retries holds back repeated "etcd unreachable" lines.
+	retries ratelog.Limiter
 
 	rndMu sync.Mutex
 	rnd   *rand.Rand // guarded by rndMu
@@ -65,6 +69,7 @@ func New(cli *clientv3.Client, opts Options) *Store {
 		ttl:     opts.TTL,
 		timeout: opts.Timeout,
 		log:     opts.Log,
+		retries: ratelog.Limiter{Every: 5 * time.Second},
 		rnd:     rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
 	}
 }
@@ -180,13 +185,10 @@ func (s *Store) TTL(ctx context.Context, id clientv3.LeaseID) (time.Duration, er
 // retryLogged retries fn while etcd is unreachable, logging the endpoint and
 // the error on the first failure and then every few seconds.
 func (s *Store) retryLogged(ctx context.Context, what string, fn func(context.Context) error) error {
-	var last time.Time
-	return retry(ctx, fn, func(err error, attempt int) {
-		if time.Since(last) < 5*time.Second {
-			return
+	return retry.Do(ctx, nil, fn, func(err error, attempt int) {
+		if s.retries.Allow(what, "failed") {
+			s.log.WithFields(logrus.Fields{"endpoints": s.Endpoints(), "attempt": attempt}).
+				WithError(err).Warnf("%s failed; retrying", what)
 		}
-		last = time.Now()
-		s.log.WithFields(logrus.Fields{"endpoints": s.Endpoints(), "attempt": attempt}).
-			WithError(err).Warnf("%s failed; retrying", what)
 	})
 }

@@ -14,7 +14,7 @@ import (
 	logtest "github.com/sirupsen/logrus/hooks/test"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/weft-net/weft/internal/etcdtest"
+	"github.com/weft-net/weft/internal/testenv"
 	"github.com/weft-net/weft/subnet"
 )
 
@@ -29,7 +29,7 @@ func testConfig(t testing.TB, js string) *subnet.Config {
 	return cfg
 }
 
-func newStore(t testing.TB, srv *etcdtest.Server, ttl time.Duration) (*Store, *logtest.Hook) {
+func newStore(t testing.TB, srv *testenv.EtcdServer, ttl time.Duration) (*Store, *logtest.Hook) {
 	t.Helper()
 	logger, hook := logtest.NewNullLogger()
 	return New(srv.Client(t), Options{Prefix: testPrefix, TTL: ttl, Timeout: 2 * time.Second, Log: logrus.NewEntry(logger)}), hook
@@ -49,17 +49,6 @@ func ctxFor(t testing.TB, d time.Duration) context.Context {
 	return ctx
 }
 
-func eventually(t testing.TB, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 func getValue(t testing.TB, cli *clientv3.Client, key string) (*clientv3.GetResponse, subnet.Attrs) {
 	t.Helper()
 	resp, err := cli.Get(ctxFor(t, 5*time.Second), key)
@@ -76,7 +65,7 @@ func getValue(t testing.TB, cli *clientv3.Client, key string) (*clientv3.GetResp
 }
 
 func TestConfigRoundTrip(t *testing.T) {
-	srv := etcdtest.Start(t)
+	srv := testenv.StartEtcd(t)
 	s, _ := newStore(t, srv, time.Minute)
 	ctx := ctxFor(t, 30*time.Second)
 	if _, _, err := s.GetConfig(ctx); err == nil || !strings.Contains(err.Error(), "no network configuration in etcd at /weft/network/config") {
@@ -97,7 +86,7 @@ func TestConfigRoundTrip(t *testing.T) {
 }
 
 func TestAcquireKeepRelease(t *testing.T) {
-	srv := etcdtest.Start(t)
+	srv := testenv.StartEtcd(t)
 	s, _ := newStore(t, srv, 2*time.Second)
 	cli := srv.Client(t)
 	cfg := testConfig(t, `{"Network":"100.96.0.0/12"}`)
@@ -141,7 +130,7 @@ func TestAcquireKeepRelease(t *testing.T) {
 }
 
 func TestAcquireReusesTheNodesSubnet(t *testing.T) {
-	srv := etcdtest.Start(t)
+	srv := testenv.StartEtcd(t)
 	cfg := testConfig(t, `{"Network":"100.96.0.0/12"}`)
 	ctx := ctxFor(t, time.Minute)
 
@@ -181,7 +170,7 @@ func TestAcquireReusesTheNodesSubnet(t *testing.T) {
 }
 
 func TestAcquireUsesPreviousSubnet(t *testing.T) {
-	srv := etcdtest.Start(t)
+	srv := testenv.StartEtcd(t)
 	s, _ := newStore(t, srv, time.Minute)
 	cfg := testConfig(t, `{"Network":"100.96.0.0/12","EnableIPv6":true,"IPv6Network":"fd96::/48"}`)
 	ctx := ctxFor(t, time.Minute)
@@ -217,7 +206,7 @@ func TestAcquireUsesPreviousSubnet(t *testing.T) {
 }
 
 func TestHundredConcurrentAcquiresGetDistinctSubnets(t *testing.T) {
-	srv := etcdtest.Start(t)
+	srv := testenv.StartEtcd(t)
 	// 127 subnets for 100 nodes: plenty of lost races.
 	cfg := testConfig(t, `{"Network":"100.96.0.0/17"}`)
 	ctx := ctxFor(t, 2*time.Minute)
@@ -257,7 +246,7 @@ func TestHundredConcurrentAcquiresGetDistinctSubnets(t *testing.T) {
 }
 
 func TestAcquireExhaustedPool(t *testing.T) {
-	srv := etcdtest.Start(t)
+	srv := testenv.StartEtcd(t)
 	s, _ := newStore(t, srv, time.Minute)
 	cfg := testConfig(t, `{"Network":"100.96.0.0/22"}`)
 	ctx := ctxFor(t, time.Minute)
@@ -280,7 +269,7 @@ func TestAcquireExhaustedPool(t *testing.T) {
 }
 
 func TestKeepRecreatesLostLease(t *testing.T) {
-	srv := etcdtest.Start(t)
+	srv := testenv.StartEtcd(t)
 	s, hook := newStore(t, srv, 3*time.Second)
 	cli := srv.Client(t)
 	cfg := testConfig(t, `{"Network":"100.96.0.0/12"}`)
@@ -298,9 +287,9 @@ func TestKeepRecreatesLostLease(t *testing.T) {
 	if _, err := cli.Revoke(ctx, old); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 15*time.Second, "the lease to be re-created", func() bool {
+	testenv.Eventually(t, 15*time.Second, "the lease to be re-created", func() (bool, string) {
 		resp, _ := getValue(t, cli, key)
-		return len(resp.Kvs) == 1 && clientv3.LeaseID(resp.Kvs[0].Lease) != old
+		return len(resp.Kvs) == 1 && clientv3.LeaseID(resp.Kvs[0].Lease) != old, fmt.Sprint(resp.Kvs)
 	})
 	if claim.Problem() != nil {
 		t.Errorf("Problem = %v", claim.Problem())
@@ -310,16 +299,16 @@ func TestKeepRecreatesLostLease(t *testing.T) {
 	if _, err := cli.Delete(ctx, key); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 15*time.Second, "the deleted key to be re-created", func() bool {
+	testenv.Eventually(t, 15*time.Second, "the deleted key to be re-created", func() (bool, string) {
 		resp, _ := getValue(t, cli, key)
-		return len(resp.Kvs) == 1
+		return len(resp.Kvs) == 1, fmt.Sprint(resp.Kvs)
 	})
 
 	// Another node takes the subnet: reported, never switched.
 	if _, err := cli.Put(ctx, key, `{"PublicIP":"198.18.0.99","BackendType":"host-gw","Node":"intruder"}`); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 15*time.Second, "the conflict to be reported", func() bool { return claim.Problem() != nil })
+	testenv.Eventually(t, 15*time.Second, "the conflict to be reported", func() (bool, string) { return claim.Problem() != nil, "" })
 	if got := claim.Problem().Error(); !strings.Contains(got, "is now leased by another node (intruder 198.18.0.99)") {
 		t.Errorf("Problem = %s", got)
 	}
@@ -338,7 +327,7 @@ func TestKeepRecreatesLostLease(t *testing.T) {
 }
 
 func TestListReadsLargeClustersInPagesAtOneRevision(t *testing.T) {
-	srv := etcdtest.Start(t)
+	srv := testenv.StartEtcd(t)
 	s, _ := newStore(t, srv, time.Minute)
 	cli := srv.Client(t)
 	ctx := ctxFor(t, 60*time.Second)

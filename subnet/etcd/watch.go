@@ -11,6 +11,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/connectivity"
 
+	"github.com/weft-net/weft/internal/ratelog"
+	"github.com/weft-net/weft/internal/retry"
 	"github.com/weft-net/weft/subnet"
 )
 
@@ -29,7 +31,7 @@ func (s *Store) Watch(ctx context.Context, cfg *subnet.Config, out chan<- []subn
 // WatchFrom is Watch starting from a listing already made (Claim.Listing
 // after Acquire), which saves listing every lease again; nil lists.
 func (s *Store) WatchFrom(ctx context.Context, cfg *subnet.Config, out chan<- []subnet.Event, listing *Listing) error {
-	w := &watcher{store: s, cfg: cfg, out: out, known: map[string]int64{}, bad: map[string]string{}}
+	w := &watcher{store: s, cfg: cfg, out: out, known: map[string]int64{}}
 	if listing != nil {
 		if err := w.relisted(ctx, listing); err != nil {
 			return err
@@ -47,13 +49,14 @@ type watcher struct {
 	// key: enough to tell, after listing again, what changed. The receiver
 	// keeps the leases themselves.
 	known map[string]int64
-	bad   map[string]string // invalid keys and the error last logged
-	rev   int64             // last revision seen; 0 means list again
+	// bad logs each invalid key once per reason.
+	bad ratelog.Limiter
+	rev int64 // last revision seen; 0 means list again
 }
 
 func (w *watcher) run(ctx context.Context) error {
 	s := w.store
-	var b backoff
+	var b retry.Backoff
 	for {
 		if w.rev == 0 {
 			var listing *Listing
@@ -76,11 +79,11 @@ func (w *watcher) run(ctx context.Context) error {
 		if errors.Is(err, rpctypes.ErrCompacted) {
 			s.log.WithField("revision", w.rev).Info("lease history was compacted; listing again")
 			w.rev = 0
-			b.reset()
+			b.Reset()
 			continue
 		}
 		s.log.WithError(err).WithField("revision", w.rev).Warn("lease watch broken; resuming")
-		if !b.wait(ctx) {
+		if !b.Wait(ctx) {
 			return ctx.Err()
 		}
 	}
@@ -90,8 +93,7 @@ func (w *watcher) run(ctx context.Context) error {
 func (w *watcher) follow(ctx context.Context) error {
 	s := w.store
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-	defer cancel()
-	go s.cancelOnReconnect(wctx, cancel)
+	defer s.cancelOnReconnect(wctx, cancel)()
 	ch := s.cli.Watch(wctx, s.SubnetsPrefix(), clientv3.WithPrefix(), clientv3.WithRev(w.rev+1))
 	for resp := range ch {
 		if resp.CompactRevision != 0 {
@@ -137,11 +139,7 @@ func (w *watcher) relisted(ctx context.Context, listing *Listing) error {
 			batch = w.remove(batch, key)
 		}
 	}
-	for key := range w.bad {
-		if !present[key] {
-			delete(w.bad, key)
-		}
-	}
+	w.bad.Round() // forgets invalid keys that are gone
 	w.rev = listing.Revision
 	if batch == nil {
 		// The first listing is sent even when empty, so that the receiver
@@ -163,7 +161,7 @@ func (w *watcher) valid(batch []subnet.Event, key string, l subnet.Lease, rev in
 	if err := w.cfg.CheckLease(&l); err != nil {
 		return w.invalid(batch, key, err)
 	}
-	delete(w.bad, key)
+	w.bad.Forget(key)
 	if w.known[key] == rev {
 		return batch // unchanged since it was sent
 	}
@@ -174,8 +172,7 @@ func (w *watcher) valid(batch []subnet.Event, key string, l subnet.Lease, rev in
 // invalid logs a lease that cannot be used, once per distinct problem, and
 // withdraws it if it was valid before.
 func (w *watcher) invalid(batch []subnet.Event, key string, err error) []subnet.Event {
-	if w.bad[key] != err.Error() {
-		w.bad[key] = err.Error()
+	if w.bad.Allow(key, err.Error()) {
 		w.store.log.WithFields(logrus.Fields{"key": w.store.SubnetsPrefix() + key}).WithError(err).Warn("ignoring invalid lease")
 	}
 	if _, ok := w.known[key]; ok {
@@ -185,7 +182,7 @@ func (w *watcher) invalid(batch []subnet.Event, key string, err error) []subnet.
 }
 
 func (w *watcher) remove(batch []subnet.Event, key string) []subnet.Event {
-	delete(w.bad, key)
+	w.bad.Forget(key)
 	if _, ok := w.known[key]; !ok {
 		return batch
 	}
@@ -206,11 +203,12 @@ func (w *watcher) send(ctx context.Context, batch []subnet.Event) error {
 	}
 }
 
-// WatchConfig sends the configuration document to out now and each time it
-// is written, until ctx ends; it returns ctx's error. A broken watch is
-// resumed after reading the key again, so no change is missed.
-func (s *Store) WatchConfig(ctx context.Context, out chan<- []byte) error {
-	var b backoff
+// WatchConfig calls f with the configuration document now and each time
+// it is written, on its own goroutine, until ctx ends; it returns ctx's
+// error. A broken watch is resumed after reading the key again, so no
+// change is missed.
+func (s *Store) WatchConfig(ctx context.Context, f func(doc []byte)) error {
+	var b retry.Backoff
 	for {
 		var rev int64
 		err := s.retryLogged(ctx, "reading the network configuration", func(ctx context.Context) error {
@@ -222,59 +220,67 @@ func (s *Store) WatchConfig(ctx context.Context, out chan<- []byte) error {
 			}
 			rev = resp.Header.Revision
 			if len(resp.Kvs) > 0 {
-				select {
-				case out <- resp.Kvs[0].Value:
-				case <-ctx.Done():
-				}
+				f(resp.Kvs[0].Value)
 			}
 			return nil
 		})
 		if err != nil {
 			return err
 		}
-		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-		go s.cancelOnReconnect(wctx, cancel)
-		for resp := range s.cli.Watch(wctx, s.ConfigKey(), clientv3.WithRev(rev+1)) {
-			if resp.Err() != nil {
-				break
-			}
-			for _, ev := range resp.Events {
-				if ev.Type == clientv3.EventTypePut {
-					select {
-					case out <- ev.Kv.Value:
-					case <-ctx.Done():
-					}
-				}
-			}
-		}
-		cancel()
+		s.followConfig(ctx, rev, f)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		if !b.wait(ctx) {
+		if !b.Wait(ctx) {
 			return ctx.Err()
 		}
 	}
 }
 
-// cancelOnReconnect calls cancel when the connection to etcd comes back
-// after it was lost, so that the caller starts its watch again from the
-// last revision it saw. The etcd client resumes watches by itself, but a
-// stream that went quiet across a long outage was seen never to deliver
-// again; restarting costs one request per reconnection and nothing in
-// steady state. It returns when ctx ends.
-func (s *Store) cancelOnReconnect(ctx context.Context, cancel context.CancelFunc) {
-	conn := s.cli.ActiveConnection()
-	state := conn.GetState()
-	lost := false
-	for conn.WaitForStateChange(ctx, state) {
-		state = conn.GetState()
-		switch {
-		case state != connectivity.Ready:
-			lost = true
-		case lost:
-			cancel()
+// followConfig calls f with each write of the configuration after rev
+// until the watch breaks or ctx ends.
+func (s *Store) followConfig(ctx context.Context, rev int64, f func(doc []byte)) {
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer s.cancelOnReconnect(wctx, cancel)()
+	for resp := range s.cli.Watch(wctx, s.ConfigKey(), clientv3.WithRev(rev+1)) {
+		if resp.Err() != nil {
 			return
 		}
+		for _, ev := range resp.Events {
+			if ev.Type == clientv3.EventTypePut {
+				f(ev.Kv.Value)
+			}
+		}
+	}
+}
+
+// cancelOnReconnect starts a goroutine that calls cancel when the
+// connection to etcd comes back after it was lost, so that the caller
+// starts its watch again from the last revision it saw. The etcd client
+// resumes watches by itself, but a stream that went quiet across a long
+// outage was seen never to deliver again; restarting costs one request per
+// reconnection and nothing in steady state. The goroutine ends with ctx;
+// the function returned cancels ctx and waits for it.
+func (s *Store) cancelOnReconnect(ctx context.Context, cancel context.CancelFunc) (stop func()) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		conn := s.cli.ActiveConnection()
+		state := conn.GetState()
+		lost := false
+		for conn.WaitForStateChange(ctx, state) {
+			state = conn.GetState()
+			switch {
+			case state != connectivity.Ready:
+				lost = true
+			case lost:
+				cancel()
+				return
+			}
+		}
+	}()
+	return func() {
+		cancel()
+		<-done
 	}
 }

@@ -12,7 +12,7 @@ import (
 	"github.com/sirupsen/logrus"
 	logtest "github.com/sirupsen/logrus/hooks/test"
 
-	"github.com/weft-net/weft/internal/etcdtest"
+	"github.com/weft-net/weft/internal/testenv"
 	"github.com/weft-net/weft/subnet"
 )
 
@@ -72,7 +72,7 @@ func hasNot(k string) func(map[string]subnet.Lease) bool {
 }
 
 func TestWatchSeesAddRemoveExpiryAndIgnoresBadLeases(t *testing.T) {
-	srv := etcdtest.Start(t)
+	srv := testenv.StartEtcd(t)
 	cli := srv.Client(t)
 	logger, hook := logtest.NewNullLogger()
 	s := New(cli, Options{Prefix: testPrefix, TTL: 2 * time.Second, Log: logrus.NewEntry(logger)})
@@ -132,7 +132,7 @@ func TestWatchSeesAddRemoveExpiryAndIgnoresBadLeases(t *testing.T) {
 }
 
 func TestWatchSurvivesEtcdRestart(t *testing.T) {
-	srv := etcdtest.Start(t)
+	srv := testenv.StartEtcd(t)
 	s, _ := newStore(t, srv, time.Minute)
 	cfg := testConfig(t, `{"Network":"100.96.0.0/12"}`)
 	w, _ := startWatch(t, s, cfg)
@@ -165,7 +165,7 @@ func TestWatchSurvivesEtcdRestart(t *testing.T) {
 }
 
 func TestWatchRelistsAfterCompaction(t *testing.T) {
-	srv := etcdtest.Start(t)
+	srv := testenv.StartEtcd(t)
 	cli := srv.Client(t)
 	s, hook := newStore(t, srv, time.Minute)
 	cfg := testConfig(t, `{"Network":"100.96.0.0/12"}`)
@@ -189,7 +189,7 @@ func TestWatchRelistsAfterCompaction(t *testing.T) {
 	// The watcher last saw leases 1 and 2 at this revision; then, while it
 	// was away, 2 went, 3 came, and the history was compacted.
 	out := make(chan []subnet.Event, 10)
-	w := &watcher{store: s, cfg: cfg, out: out, known: map[string]int64{}, bad: map[string]string{}}
+	w := &watcher{store: s, cfg: cfg, out: out, known: map[string]int64{}}
 	w.relisted(ctx, listing)
 	<-out
 	cli.Delete(ctx, testPrefix+"/subnets/"+lease(2).Key())

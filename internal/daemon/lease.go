@@ -1,0 +1,121 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"runtime/debug"
+	"time"
+
+	"github.com/google/nftables"
+	"github.com/sirupsen/logrus"
+
+	"github.com/weft-net/weft/internal/masq"
+	"github.com/weft-net/weft/internal/ratelog"
+	"github.com/weft-net/weft/internal/reconcile"
+	"github.com/weft-net/weft/internal/retry"
+	"github.com/weft-net/weft/subnet"
+	"github.com/weft-net/weft/subnet/etcd"
+)
+
+// attrs is the lease value that says what a announces.
+func (d *daemon) attrs(a reconcile.Announcement) subnet.Attrs {
+	return subnet.Attrs{
+		PublicIP: a.PublicIP, PublicIPv6: a.PublicIPv6, BackendType: a.Backend,
+		BackendData: a.Published.Data, BackendV6Data: a.Published.V6Data, Node: d.cfg.NodeName,
+	}
+}
+
+// announce keeps the node's lease and subnet.env saying what the
+// reconciler announces, until ctx ends. It publishes new attributes in the
+// lease (a backend switch, a new address), retrying while etcd cannot take
+// them. Once the peers of the first listing are programmed it installs the
+// nftables table, writes subnet.env and reports ready; afterwards it
+// rewrites subnet.env whenever its content changes (the pod MTU).
+func (d *daemon) announce(ctx context.Context, claim *etcd.Claim, network *subnet.Config, in <-chan reconcile.Announcement) error {
+	log := d.log.WithField("component", "lease")
+	var (
+		want     reconcile.Announcement
+		written  *subnet.Env // what subnet.env holds, once ready
+		backoff  retry.Backoff
+		again    <-chan time.Time
+		failures = ratelog.Limiter{Every: 30 * time.Second}
+	)
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case want = <-in:
+		case <-again:
+			again = nil
+		}
+		cur := claim.Lease()
+		if attrs := d.attrs(want); !attrs.Equal(&cur.Attrs) {
+			if err := claim.Update(ctx, attrs); err != nil {
+				if failures.Allow("update", "failed") {
+					log.WithError(err).Warn("cannot announce the change in the lease yet; retrying")
+				}
+				again = time.After(backoff.Next())
+			} else {
+				backoff.Reset()
+			}
+		}
+		if !want.Ready {
+			continue
+		}
+		env := &subnet.Env{
+			Network: network.IPv4.Network, Subnet: subnet.GatewayPrefix(cur.Subnet),
+			IPv6Network: network.IPv6.Network, IPv6Subnet: subnet.GatewayPrefix(cur.IPv6Subnet),
+			MTU: want.MTU, IPMasq: d.cfg.IPMasq,
+		}
+		switch {
+		case written == nil:
+			if err := d.becomeReady(network, env, cur.Key()); err != nil {
+				return err
+			}
+		case *env != *written:
+			if err := subnet.WriteEnvFile(d.cfg.SubnetFile, env); err != nil {
+				log.WithError(err).Error("rewriting subnet.env")
+				again = time.After(backoff.Next())
+				continue
+			}
+			log.WithFields(logrus.Fields{"subnet_file": d.cfg.SubnetFile, "mtu": env.MTU, "was": written.MTU}).Info("rewrote subnet.env")
+		}
+		written = env
+	}
+}
+
+// becomeReady installs the nftables table and writes subnet.env, after
+// which the node is ready.
+func (d *daemon) becomeReady(network *subnet.Config, env *subnet.Env, key string) error {
+	conn, err := nftables.New()
+	if err != nil {
+		return fmt.Errorf("opening nftables: %w", err)
+	}
+	var networks []netip.Prefix
+	for _, p := range network.Pools() {
+		networks = append(networks, p.Network)
+	}
+	if err := masq.Apply(conn, masq.Rules{Networks: networks, Masquerade: d.cfg.IPMasq}); err != nil {
+		return err
+	}
+	if err := subnet.WriteEnvFile(d.cfg.SubnetFile, env); err != nil {
+		return err
+	}
+	d.board.set(func(b *board) { b.ready, b.notReady = true, "" })
+	d.metrics.ready.Set(1)
+	// Startup's garbage (the listing, the first sync) is the most weftd
+	// ever holds; give it back rather than keep it resident, and from now
+	// on collect sooner: steady state allocates little. GOGC, when set,
+	// wins (as with Calico's Felix).
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(d.cfg.GCPercent)
+	}
+	debug.FreeOSMemory()
+	if err := notifySystemd("READY=1"); err != nil {
+		d.log.WithError(err).Warn("cannot notify systemd")
+	}
+	d.log.WithFields(logrus.Fields{"subnet": key, "subnet_file": d.cfg.SubnetFile}).Info("ready")
+	return nil
+}
