@@ -10,7 +10,7 @@ func route(dst, gw string, link int, onlink bool) Route {
 }
 
 // collect returns what a diff would add and delete.
-func collect[K comparable, E keyed[K]](d *diff[K, E]) (add, del []E) {
+func collect[E keyed[E]](d *diff[E]) (add, del []E) {
 	d.adds(func(e E, _ int32) { add = append(add, e) })
 	d.dels(func(e E, _ int32) { del = append(del, e) })
 	return add, del
@@ -36,6 +36,11 @@ func TestDiffAddsChangedAndDeletesStale(t *testing.T) {
 	add, del := collect(d)
 	if len(add) != 2 || add[0] != want[1] || add[1] != want[2] {
 		t.Errorf("add = %v", add)
+	}
+	want = []Route{ // newDiff sorted the first want
+		route("100.96.2.0/24", "100.96.2.0", 5, true),
+		route("100.96.3.0/24", "100.96.3.0", 5, true),
+		route("100.96.5.0/24", "100.96.5.0", 5, true),
 	}
 	if len(del) != 1 || del[0] != have[2] {
 		t.Errorf("del = %v", del)
@@ -65,9 +70,18 @@ func TestDiffOfAChangeMovesAnEntryBetweenOwners(t *testing.T) {
 func TestDiffWantsEachKeyOnce(t *testing.T) {
 	// Two owners name one FDB entry (a shared VTEP MAC): one add.
 	f := FDB{LinkIndex: 5, MAC: MAC{0x0e, 0, 0, 0, 0, 4}, Dst: netip.MustParseAddr("198.18.0.4")}
-	d := newDiff([]FDB{f, f}, []int32{4, 5})
-	if add, _ := collect(d); len(add) != 1 {
-		t.Errorf("add = %v, want one entry", add)
+	g := FDB{LinkIndex: 5, MAC: MAC{0x0e, 0, 0, 0, 0, 3}, Dst: netip.MustParseAddr("198.18.0.3")}
+	d := newDiff([]FDB{f, g, f}, []int32{4, 3, 5})
+	if add, _ := collect(d); len(add) != 2 {
+		t.Errorf("add = %v, want two entries", add)
+	}
+	// Of two wanted values of one key the last given counts.
+	moved := f
+	moved.Dst = netip.MustParseAddr("198.18.0.44")
+	d = newDiff([]FDB{f, moved}, []int32{4, 5})
+	d.see(moved, noOwner)
+	if add, del := collect(d); len(add) != 0 || len(del) != 0 {
+		t.Errorf("add %v, del %v; want nothing (the entry there is the last wanted)", add, del)
 	}
 }
 

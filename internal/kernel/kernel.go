@@ -7,6 +7,8 @@
 package kernel
 
 import (
+	"bytes"
+	"cmp"
 	"fmt"
 	"hash/fnv"
 	"net"
@@ -30,7 +32,15 @@ type Route struct {
 	OnLink    bool
 }
 
-func (r Route) key() netip.Prefix { return r.Dst }
+// compare orders routes by destination.
+func (r Route) compare(o Route) int { return comparePrefix(r.Dst, o.Dst) }
+
+func comparePrefix(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.Bits(), b.Bits())
+}
 
 func (r Route) String() string {
 	s := fmt.Sprintf("%s via %s dev #%d", r.Dst, r.Gw, r.LinkIndex)
@@ -80,12 +90,13 @@ type Neigh struct {
 	MAC       MAC
 }
 
-type neighKey struct {
-	link int
-	ip   netip.Addr
+// compare orders neighbour entries by device and address.
+func (n Neigh) compare(o Neigh) int {
+	if c := cmp.Compare(n.LinkIndex, o.LinkIndex); c != 0 {
+		return c
+	}
+	return n.IP.Compare(o.IP)
 }
-
-func (n Neigh) key() neighKey { return neighKey{n.LinkIndex, n.IP} }
 
 // FDB is a permanent forwarding database entry of a VXLAN device: frames
 // for MAC go to the tunnel endpoint Dst.
@@ -101,6 +112,14 @@ type fdbKey struct {
 }
 
 func (f FDB) key() fdbKey { return fdbKey{f.LinkIndex, f.MAC} }
+
+// compare orders FDB entries by device and MAC.
+func (f FDB) compare(o FDB) int {
+	if c := cmp.Compare(f.LinkIndex, o.LinkIndex); c != 0 {
+		return c
+	}
+	return bytes.Compare(f.MAC[:], o.MAC[:])
+}
 
 // Entries is what one peer needs in the kernel. A backend appends to it;
 // its slices are reused from peer to peer.

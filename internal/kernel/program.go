@@ -33,9 +33,13 @@ type Kernel struct {
 }
 
 // NewWant returns an empty Want with room for as many entries as the last
-// Sync had: a periodic resync of thousands of peers then grows nothing.
-func (k *Kernel) NewWant() *Want {
+// Sync had, or, before the first, for one entry of each kind for each of
+// owners: a full sync of thousands of peers then grows nothing.
+func (k *Kernel) NewWant(owners int) *Want {
 	n := k.last
+	if n.routes+n.neighs+n.fdbs == 0 {
+		n.routes, n.neighs, n.fdbs = owners, owners, owners
+	}
 	return &Want{
 		Routes: make([]Route, 0, n.routes), routeOwner: make([]int32, 0, n.routes),
 		Neighs: make([]Neigh, 0, n.neighs), neighOwner: make([]int32, 0, n.neighs),
@@ -124,7 +128,7 @@ func (k *Kernel) Sync(w *Want) Result {
 	routes := newDiff(w.Routes, w.routeOwner)
 	neighs := newDiff(w.Neighs, w.neighOwner)
 	fdbs := newDiff(w.FDBs, w.fdbOwner)
-	if err := eachOwnedRoute(k.h, routes.restart, func(r Route) { routes.see(r, noOwner) }); err != nil {
+	if err := k.eachOwnedRoute(routes.restart, func(r Route) { routes.see(r, noOwner) }); err != nil {
 		return Result{Err: err}
 	}
 	if len(w.Links) > 0 {
@@ -147,7 +151,7 @@ func (k *Kernel) Sync(w *Want) Result {
 
 // readNeighs feeds the permanent neighbour and FDB entries of links to
 // their diffs.
-func (k *Kernel) readNeighs(links map[int]bool, neighs *diff[neighKey, Neigh], fdbs *diff[fdbKey, FDB]) error {
+func (k *Kernel) readNeighs(links map[int]bool, neighs *diff[Neigh], fdbs *diff[FDB]) error {
 	err := dumpNeighs(k.ns, netlink.FAMILY_ALL, neighs.restart, func(n *dumped) {
 		if links[n.LinkIndex] && n.State&netlink.NUD_PERMANENT != 0 && n.IP.IsValid() && n.HasMAC {
 			neighs.see(Neigh{LinkIndex: n.LinkIndex, IP: n.IP, MAC: n.MAC}, noOwner)
@@ -209,7 +213,7 @@ func (k *Kernel) Update(changes []Change) Result {
 // apply makes the changes the diffs found: additions first, deletions
 // after, in reverse order of dependence. An FDB entry another owner still
 // uses is not deleted.
-func (k *Kernel) apply(res *Result, routes *diff[netip.Prefix, Route], neighs *diff[neighKey, Neigh], fdbs *diff[fdbKey, FDB]) {
+func (k *Kernel) apply(res *Result, routes *diff[Route], neighs *diff[Neigh], fdbs *diff[FDB]) {
 	do := func(owner int32, err error) {
 		if err != nil {
 			res.fail(owner, err)

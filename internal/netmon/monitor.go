@@ -82,17 +82,20 @@ func (m *Monitor) subscribe() (*subscription, error) {
 		links:  make(chan netlink.LinkUpdate, 64),
 		addrs:  make(chan netlink.AddrUpdate, 64),
 	}
+	// The sockets keep the kernel's default buffers: a burst (weft's own
+	// thousands of routes at start) overflows them, which ends the
+	// subscription; Run then subscribes again and signals drift. Bigger
+	// buffers would only make weftd parse thousands of its own events.
 	onErr := func(err error) { m.log.WithError(err).Debug("netlink subscription") }
-	bufsize := 1 << 20 // a burst of route events (thousands of peers) fits
 	steps := []struct {
 		subscribe func() error
 		drain     func()
 	}{
 		{func() error {
-			return netlink.RouteSubscribeWithOptions(s.routes, s.done, netlink.RouteSubscribeOptions{ErrorCallback: onErr, ReceiveBufferSize: bufsize})
+			return netlink.RouteSubscribeWithOptions(s.routes, s.done, netlink.RouteSubscribeOptions{ErrorCallback: onErr})
 		}, func() { drain(s.routes) }},
 		{func() error {
-			return netlink.NeighSubscribeWithOptions(s.neighs, s.done, netlink.NeighSubscribeOptions{ErrorCallback: onErr, ReceiveBufferSize: bufsize})
+			return netlink.NeighSubscribeWithOptions(s.neighs, s.done, netlink.NeighSubscribeOptions{ErrorCallback: onErr})
 		}, func() { drain(s.neighs) }},
 		{func() error {
 			return netlink.LinkSubscribeWithOptions(s.links, s.done, netlink.LinkSubscribeOptions{ErrorCallback: onErr})

@@ -32,7 +32,7 @@ import (
 // Programmer is the kernel layer (*kernel.Kernel); tests give a fake that
 // records what it is asked.
 type Programmer interface {
-	NewWant() *kernel.Want
+	NewWant(owners int) *kernel.Want
 	Sync(w *kernel.Want) kernel.Result
 	Update(changes []kernel.Change) kernel.Result
 	SweepLinks(owned map[string]bool) ([]string, error)
@@ -313,7 +313,7 @@ func (r *Reconciler) fullSync(ctx context.Context, self *subnet.Lease, peers *pe
 		errs = append(errs, err)
 	}
 	admitted := peers.admitted()
-	want := r.kernel.NewWant()
+	want := r.kernel.NewWant(len(admitted))
 	var e kernel.Entries
 	type served struct {
 		b   *running

@@ -32,7 +32,7 @@ type fakeKernel struct {
 
 var _ Programmer = (*fakeKernel)(nil)
 
-func (k *fakeKernel) NewWant() *kernel.Want { return &kernel.Want{} }
+func (k *fakeKernel) NewWant(int) *kernel.Want { return &kernel.Want{} }
 
 func (k *fakeKernel) Sync(w *kernel.Want) kernel.Result {
 	k.mu.Lock()

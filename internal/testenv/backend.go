@@ -40,7 +40,7 @@ func (n *Node) Sync(t testing.TB, peers []*subnet.Lease) ([]backend.PeerState, [
 		t.Fatalf("Setup: %v", err)
 	}
 	u := backend.NewUnderlay(n.NS.Netlink)
-	want := n.Kernel.NewWant()
+	want := n.Kernel.NewWant(len(peers))
 	var e kernel.Entries
 	states, whys := make([]backend.PeerState, len(peers)), make([]string, len(peers))
 	for i, p := range peers {
