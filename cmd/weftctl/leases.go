@@ -76,12 +76,12 @@ func leaseRows(ctx context.Context, store *etcd.Store) ([]leaseRow, error) {
 	g.SetLimit(16)
 	for i, e := range listing.Entries {
 		rows[i] = newLeaseRow(e)
-		if e.EtcdLease == clientv3.NoLease {
+		if e.Lease == clientv3.NoLease {
 			rows[i].TTLSeconds = -1 // no TTL: the key lives until deleted
 			continue
 		}
 		g.Go(func() error {
-			ttl, err := store.TTL(gctx, e.EtcdLease)
+			ttl, err := store.TTL(gctx, e.Lease)
 			rows[i].TTLSeconds = int64(ttl / time.Second)
 			return err
 		})
@@ -91,14 +91,14 @@ func leaseRows(ctx context.Context, store *etcd.Store) ([]leaseRow, error) {
 
 func newLeaseRow(e etcd.Entry) leaseRow {
 	r := leaseRow{Key: e.Key}
-	if e.EtcdLease != clientv3.NoLease {
-		r.EtcdLease = fmt.Sprintf("%x", int64(e.EtcdLease))
+	if e.Lease != clientv3.NoLease {
+		r.EtcdLease = fmt.Sprintf("%x", int64(e.Lease))
 	}
 	if e.Err != nil {
 		r.Error = e.Err.Error()
 		return r
 	}
-	l := e.Lease
+	l := e.Item
 	r.Subnet = orEmpty(l.Subnet)
 	r.IPv6Subnet = orEmpty(l.IPv6Subnet)
 	r.PublicIP = orEmpty(l.PublicIP)

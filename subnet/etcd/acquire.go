@@ -126,18 +126,18 @@ func (s *Store) choose(log *logrus.Entry, req AcquireRequest, listing *Listing, 
 			continue
 		}
 		takenV4[v4], takenV6[v6] = true, true
-		if e.Err != nil || lost[e.Key] || !isMine(&e.Lease.Attrs, &req.Attrs) {
+		if e.Err != nil || lost[e.Key] || !isMine(&e.Item.Attrs, &req.Attrs) {
 			continue
 		}
-		if err := cfg.CheckLease(&e.Lease); err != nil {
+		if err := cfg.CheckLease(&e.Item); err != nil {
 			log.WithField("subnet", e.Key).WithError(err).Warn("this node's old lease does not fit the network; leasing a new subnet")
 			continue
 		}
 		key := s.SubnetsPrefix() + e.Key
 		return candidate{
-			lease:    e.Lease,
+			lease:    e.Item,
 			guard:    clientv3.Compare(clientv3.ModRevision(key), "=", e.ModRevision),
-			previous: e.EtcdLease,
+			previous: e.Lease,
 		}, nil
 	}
 	for k := range lost {

@@ -13,6 +13,7 @@ import (
 	"github.com/sirupsen/logrus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/weft-net/weft/internal/etcdwatch"
 	"github.com/weft-net/weft/internal/ratelog"
 	"github.com/weft-net/weft/internal/retry"
 	"github.com/weft-net/weft/subnet"
@@ -38,7 +39,7 @@ type Store struct {
 	timeout time.Duration
 	log     *logrus.Entry
 
-	watchRestarts atomic.Uint64
+	watchRestarts atomic.Uint64 // of every watch this store runs
 	// retries holds back repeated "etcd unreachable" lines.
 	retries ratelog.Limiter
 
@@ -80,6 +81,10 @@ func (s *Store) ConfigKey() string { return s.prefix + "/config" }
 // SubnetsPrefix is the directory of the lease keys, with a trailing slash.
 func (s *Store) SubnetsPrefix() string { return s.prefix + "/subnets/" }
 
+// Client returns the store's etcd client, for other stores of the same
+// etcd (internal/etcdwatch, service/etcd).
+func (s *Store) Client() *clientv3.Client { return s.cli }
+
 // Endpoints returns the etcd endpoints the store talks to, for messages.
 func (s *Store) Endpoints() []string { return s.cli.Endpoints() }
 
@@ -117,55 +122,16 @@ func (s *Store) PutConfig(ctx context.Context, cfg *subnet.Config) error {
 }
 
 // Entry is one key under the subnets directory as read from etcd.
-type Entry struct {
-	Key         string // below SubnetsPrefix
-	Lease       subnet.Lease
-	Err         error // why Lease could not be decoded; Lease is zero then
-	ModRevision int64
-	EtcdLease   clientv3.LeaseID
-}
+type Entry = etcdwatch.Entry[subnet.Lease]
 
 // Listing is every lease key at one revision.
-type Listing struct {
-	Entries  []Entry
-	Revision int64
-}
+type Listing = etcdwatch.Listing[subnet.Lease]
 
-// ListPageSize is how many leases List reads per request.
-const ListPageSize = 1000
-
-// List reads every lease key, in pages of ListPageSize at the revision of
-// the first page, so that neither etcd nor weft holds a large cluster's
-// whole listing in one response.
+// List reads every lease key, in pages at the revision of the first page,
+// so that neither etcd nor weft holds a large cluster's whole listing in
+// one response.
 func (s *Store) List(ctx context.Context) (*Listing, error) {
-	l := &Listing{}
-	from, end := s.SubnetsPrefix(), clientv3.GetPrefixRangeEnd(s.SubnetsPrefix())
-	for {
-		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(ListPageSize)}
-		if l.Revision != 0 {
-			opts = append(opts, clientv3.WithRev(l.Revision))
-		}
-		cctx, cancel := s.call(ctx)
-		resp, err := s.cli.Get(cctx, from, opts...)
-		cancel()
-		if err != nil {
-			return nil, fmt.Errorf("listing %s in etcd %v: %w", s.SubnetsPrefix(), s.Endpoints(), err)
-		}
-		if l.Revision == 0 {
-			l.Revision = resp.Header.Revision
-			l.Entries = make([]Entry, 0, resp.Count)
-		}
-		for _, kv := range resp.Kvs {
-			key := strings.TrimPrefix(string(kv.Key), s.SubnetsPrefix())
-			e := Entry{Key: key, ModRevision: kv.ModRevision, EtcdLease: clientv3.LeaseID(kv.Lease)}
-			e.Lease, e.Err = subnet.ParseLease(key, kv.Value)
-			l.Entries = append(l.Entries, e)
-		}
-		if !resp.More || len(resp.Kvs) == 0 {
-			return l, nil
-		}
-		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
-	}
+	return etcdwatch.List(ctx, s.cli, s.SubnetsPrefix(), s.timeout, subnet.ParseLease)
 }
 
 // TTL returns how long the etcd lease id has left, or 0 if it has expired.

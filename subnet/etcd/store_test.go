@@ -14,6 +14,7 @@ import (
 	logtest "github.com/sirupsen/logrus/hooks/test"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/weft-net/weft/internal/etcdwatch"
 	"github.com/weft-net/weft/internal/testenv"
 	"github.com/weft-net/weft/subnet"
 )
@@ -331,7 +332,7 @@ func TestListReadsLargeClustersInPagesAtOneRevision(t *testing.T) {
 	s, _ := newStore(t, srv, time.Minute)
 	cli := srv.Client(t)
 	ctx := ctxFor(t, 60*time.Second)
-	const n = 2*ListPageSize + 500
+	const n = 2*etcdwatch.PageSize + 500
 	put := func(from, to int) {
 		for i := from; i < to; i += 128 { // etcd's limit of operations per transaction
 			var ops []clientv3.Op

@@ -2,28 +2,21 @@ package etcd
 
 import (
 	"context"
-	"errors"
-	"fmt"
-	"strings"
 
-	"github.com/sirupsen/logrus"
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"google.golang.org/grpc/connectivity"
 
-	"github.com/weft-net/weft/internal/ratelog"
+	"github.com/weft-net/weft/internal/etcdwatch"
 	"github.com/weft-net/weft/internal/retry"
 	"github.com/weft-net/weft/subnet"
 )
 
 // Watch sends the leases that fit cfg to out until ctx ends: first every
-// current lease as Added, then each change. It lists once and watches from
-// the next revision; a broken watch is resumed from the last revision seen;
-// after a compaction it lists again and sends only the difference. While
-// etcd is unreachable it retries with a capped backoff and sends nothing,
-// so the receiver keeps the last known state. A lease that does not parse
-// or does not fit cfg is logged once and treated as absent. Watch returns
-// ctx's error.
+// current lease as Added, then each change (internal/etcdwatch: resumed
+// from the last revision after a broken watch, listed again after a
+// compaction, nothing sent while etcd is unreachable, so the receiver
+// keeps the last known state). A lease that does not parse or does not fit
+// cfg is logged once per reason and treated as absent. Watch returns ctx's
+// error.
 func (s *Store) Watch(ctx context.Context, cfg *subnet.Config, out chan<- []subnet.Event) error {
 	return s.WatchFrom(ctx, cfg, out, nil)
 }
@@ -31,176 +24,42 @@ func (s *Store) Watch(ctx context.Context, cfg *subnet.Config, out chan<- []subn
 // WatchFrom is Watch starting from a listing already made (Claim.Listing
 // after Acquire), which saves listing every lease again; nil lists.
 func (s *Store) WatchFrom(ctx context.Context, cfg *subnet.Config, out chan<- []subnet.Event, listing *Listing) error {
-	w := &watcher{store: s, cfg: cfg, out: out, known: map[string]int64{}}
+	w := &etcdwatch.Watcher[subnet.Lease]{
+		Client: s.cli, Prefix: s.SubnetsPrefix(), What: "lease", Timeout: s.timeout, Log: s.log, Restarts: &s.watchRestarts,
+		Decode: func(key string, value []byte) (subnet.Lease, error) {
+			l, err := subnet.ParseLease(key, value)
+			if err == nil {
+				err = cfg.CheckLease(&l)
+			}
+			return l, err
+		},
+		Emit: func(ctx context.Context, batch []etcdwatch.Event[subnet.Lease]) error {
+			events := make([]subnet.Event, len(batch))
+			for i, ev := range batch {
+				if ev.Removed {
+					v4, v6, _ := subnet.ParseKey(ev.Key) // it parsed when it was added
+					events[i] = subnet.Event{Type: subnet.Removed, Lease: subnet.Lease{Subnet: v4, IPv6Subnet: v6}}
+					continue
+				}
+				events[i] = subnet.Event{Type: subnet.Added, Lease: ev.Item}
+			}
+			select {
+			case out <- events:
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		},
+	}
 	if listing != nil {
-		if err := w.relisted(ctx, listing); err != nil {
-			return err
-		}
-	}
-	return w.run(ctx)
-}
-
-// watcher is the state of one Watch call; it is used by one goroutine.
-type watcher struct {
-	store *Store
-	cfg   *subnet.Config
-	out   chan<- []subnet.Event
-	// known holds the mod revision of each valid lease sent as Added, by
-	// key: enough to tell, after listing again, what changed. The receiver
-	// keeps the leases themselves.
-	known map[string]int64
-	// bad logs each invalid key once per reason.
-	bad ratelog.Limiter
-	rev int64 // last revision seen; 0 means list again
-}
-
-func (w *watcher) run(ctx context.Context) error {
-	s := w.store
-	var b retry.Backoff
-	for {
-		if w.rev == 0 {
-			var listing *Listing
-			err := s.retryLogged(ctx, "listing leases", func(ctx context.Context) (err error) {
-				listing, err = s.List(ctx)
-				return err
-			})
-			if err != nil {
-				return err
-			}
-			if err := w.relisted(ctx, listing); err != nil {
-				return err
+		// Leases the listing decoded that do not fit the network.
+		for i := range listing.Entries {
+			if e := &listing.Entries[i]; e.Err == nil {
+				e.Err = cfg.CheckLease(&e.Item)
 			}
 		}
-		err := w.follow(ctx)
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		s.watchRestarts.Add(1)
-		if errors.Is(err, rpctypes.ErrCompacted) {
-			s.log.WithField("revision", w.rev).Info("lease history was compacted; listing again")
-			w.rev = 0
-			b.Reset()
-			continue
-		}
-		s.log.WithError(err).WithField("revision", w.rev).Warn("lease watch broken; resuming")
-		if !b.Wait(ctx) {
-			return ctx.Err()
-		}
 	}
-}
-
-// follow watches from w.rev+1 and returns why the watch ended.
-func (w *watcher) follow(ctx context.Context) error {
-	s := w.store
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-	defer s.cancelOnReconnect(wctx, cancel)()
-	ch := s.cli.Watch(wctx, s.SubnetsPrefix(), clientv3.WithPrefix(), clientv3.WithRev(w.rev+1))
-	for resp := range ch {
-		if resp.CompactRevision != 0 {
-			return rpctypes.ErrCompacted
-		}
-		if err := resp.Err(); err != nil {
-			return err
-		}
-		var batch []subnet.Event
-		for _, ev := range resp.Events {
-			key := strings.TrimPrefix(string(ev.Kv.Key), s.SubnetsPrefix())
-			if ev.Type == clientv3.EventTypeDelete {
-				batch = w.remove(batch, key)
-				continue
-			}
-			batch = w.update(batch, key, ev.Kv.Value, ev.Kv.ModRevision)
-		}
-		w.rev = resp.Header.Revision
-		if err := w.send(ctx, batch); err != nil {
-			return err
-		}
-	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	return fmt.Errorf("watch channel closed")
-}
-
-// relisted sends the difference between what was known and listing.
-func (w *watcher) relisted(ctx context.Context, listing *Listing) error {
-	var batch []subnet.Event
-	present := make(map[string]bool, len(listing.Entries))
-	for _, e := range listing.Entries {
-		present[e.Key] = true
-		if e.Err != nil {
-			batch = w.invalid(batch, e.Key, e.Err)
-			continue
-		}
-		batch = w.valid(batch, e.Key, e.Lease, e.ModRevision)
-	}
-	for key := range w.known {
-		if !present[key] {
-			batch = w.remove(batch, key)
-		}
-	}
-	w.bad.Round() // forgets invalid keys that are gone
-	w.rev = listing.Revision
-	if batch == nil {
-		// The first listing is sent even when empty, so that the receiver
-		// knows it has the whole picture.
-		batch = []subnet.Event{}
-	}
-	return w.send(ctx, batch)
-}
-
-func (w *watcher) update(batch []subnet.Event, key string, value []byte, rev int64) []subnet.Event {
-	l, err := subnet.ParseLease(key, value)
-	if err != nil {
-		return w.invalid(batch, key, err)
-	}
-	return w.valid(batch, key, l, rev)
-}
-
-func (w *watcher) valid(batch []subnet.Event, key string, l subnet.Lease, rev int64) []subnet.Event {
-	if err := w.cfg.CheckLease(&l); err != nil {
-		return w.invalid(batch, key, err)
-	}
-	w.bad.Forget(key)
-	if w.known[key] == rev {
-		return batch // unchanged since it was sent
-	}
-	w.known[key] = rev
-	return append(batch, subnet.Event{Type: subnet.Added, Lease: l})
-}
-
-// invalid logs a lease that cannot be used, once per distinct problem, and
-// withdraws it if it was valid before.
-func (w *watcher) invalid(batch []subnet.Event, key string, err error) []subnet.Event {
-	if w.bad.Allow(key, err.Error()) {
-		w.store.log.WithFields(logrus.Fields{"key": w.store.SubnetsPrefix() + key}).WithError(err).Warn("ignoring invalid lease")
-	}
-	if _, ok := w.known[key]; ok {
-		return w.remove(batch, key)
-	}
-	return batch
-}
-
-func (w *watcher) remove(batch []subnet.Event, key string) []subnet.Event {
-	w.bad.Forget(key)
-	if _, ok := w.known[key]; !ok {
-		return batch
-	}
-	delete(w.known, key)
-	v4, v6, _ := subnet.ParseKey(key) // it parsed when it was added
-	return append(batch, subnet.Event{Type: subnet.Removed, Lease: subnet.Lease{Subnet: v4, IPv6Subnet: v6}})
-}
-
-func (w *watcher) send(ctx context.Context, batch []subnet.Event) error {
-	if batch == nil {
-		return nil
-	}
-	select {
-	case w.out <- batch:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return w.Run(ctx, listing)
 }
 
 // WatchConfig calls f with the configuration document now and each time
@@ -241,7 +100,7 @@ func (s *Store) WatchConfig(ctx context.Context, f func(doc []byte)) error {
 // until the watch breaks or ctx ends.
 func (s *Store) followConfig(ctx context.Context, rev int64, f func(doc []byte)) {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-	defer s.cancelOnReconnect(wctx, cancel)()
+	defer etcdwatch.CancelOnReconnect(wctx, s.cli, cancel)()
 	for resp := range s.cli.Watch(wctx, s.ConfigKey(), clientv3.WithRev(rev+1)) {
 		if resp.Err() != nil {
 			return
@@ -251,36 +110,5 @@ func (s *Store) followConfig(ctx context.Context, rev int64, f func(doc []byte))
 				f(ev.Kv.Value)
 			}
 		}
-	}
-}
-
-// cancelOnReconnect starts a goroutine that calls cancel when the
-// connection to etcd comes back after it was lost, so that the caller
-// starts its watch again from the last revision it saw. The etcd client
-// resumes watches by itself, but a stream that went quiet across a long
-// outage was seen never to deliver again; restarting costs one request per
-// reconnection and nothing in steady state. The goroutine ends with ctx;
-// the function returned cancels ctx and waits for it.
-func (s *Store) cancelOnReconnect(ctx context.Context, cancel context.CancelFunc) (stop func()) {
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		conn := s.cli.ActiveConnection()
-		state := conn.GetState()
-		lost := false
-		for conn.WaitForStateChange(ctx, state) {
-			state = conn.GetState()
-			switch {
-			case state != connectivity.Ready:
-				lost = true
-			case lost:
-				cancel()
-				return
-			}
-		}
-	}()
-	return func() {
-		cancel()
-		<-done
 	}
 }

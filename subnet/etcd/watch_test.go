@@ -189,17 +189,17 @@ func TestWatchRelistsAfterCompaction(t *testing.T) {
 	// The watcher last saw leases 1 and 2 at this revision; then, while it
 	// was away, 2 went, 3 came, and the history was compacted.
 	out := make(chan []subnet.Event, 10)
-	w := &watcher{store: s, cfg: cfg, out: out, known: map[string]int64{}}
-	w.relisted(ctx, listing)
-	<-out
 	cli.Delete(ctx, testPrefix+"/subnets/"+lease(2).Key())
 	put(3)
 	srv.Compact(t)
 
 	wctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
-	go func() { w.run(wctx); close(done) }()
+	go func() { s.WatchFrom(wctx, cfg, out, listing); close(done) }()
 	defer func() { cancel(); <-done }()
+	if first := <-out; len(first) != 2 { // the listing it was given: leases 1 and 2
+		t.Fatalf("first batch %v, want the two leases of the listing", first)
+	}
 
 	var got []string
 	select {
