@@ -58,14 +58,17 @@ fuzz:
 ## and the VM's packages if missing. The ipip data path boots the QEMU VM of
 ## test-vm (BENCHFLAGS=-skip-vm skips it).
 bench: build
-	scripts/need iperf3 iproute2 nftables qemu-system-x86 busybox-static cpio
+	scripts/need iperf3 iproute2 nftables qemu-system-x86 busybox-static cpio bird2
 	$(GO) test -run '^$$' -bench . -benchmem ./subnet/ ./backend/... ./internal/kernel/ | tee $(BIN)/microbench.txt
 	$(GO) run ./bench -bin $(BIN) -micro $(BIN)/microbench.txt $(BENCHFLAGS)
 
 ## demo: a 3-node cluster in network namespaces, pods through the CNI plugin,
 ## the leases and a reachability matrix; then tears it down (KEEP=1 leaves it
-## up). BACKEND=host-gw for the other backend. Needs root.
+## up). BACKEND=host-gw for the other backend; ROUTER=bird (or frr) adds an
+## upstream router that learns the pod subnets over BGP, and ends with the
+## pods reached from the outside network behind it. Needs root.
 BACKEND  ?= vxlan
+ROUTER   ?=
 NODES    ?= 3
 DEMO_DIR ?= /tmp/weft-demo
 demo: build
@@ -73,7 +76,8 @@ demo: build
 	@$(BIN)/weftctl sandbox down --dir $(DEMO_DIR) >/dev/null 2>&1 || true
 	@set -e; \
 	if [ "$(KEEP)" != 1 ]; then trap '$(BIN)/weftctl sandbox down --dir $(DEMO_DIR)' EXIT; fi; \
-	$(BIN)/weftctl sandbox up --dir $(DEMO_DIR) --name weft-demo --nodes $(NODES) --pods 1 --backend $(BACKEND); \
+	if [ -n "$(ROUTER)" ]; then scripts/need $(if $(filter frr,$(ROUTER)),frr,bird2); fi; \
+	$(BIN)/weftctl sandbox up --dir $(DEMO_DIR) --name weft-demo --nodes $(NODES) --pods 1 --backend $(BACKEND) $(if $(ROUTER),--router $(ROUTER)); \
 	echo; echo "Pod-to-pod reachability (average of 3 pings):"; \
 	$(BIN)/weftctl sandbox matrix --dir $(DEMO_DIR); \
 	if [ "$(KEEP)" = 1 ]; then echo; echo "Left running. Remove it with: sudo $(BIN)/weftctl sandbox down --dir $(DEMO_DIR)"; fi

@@ -38,6 +38,7 @@ func main() {
 	skipEtcd := flag.Bool("skip-etcd", false, "skip the etcd load measurement (2 minutes idle)")
 	skipVM := flag.Bool("skip-vm", false, "skip the ipip data path, measured in a QEMU VM (e2e/vm/run.sh)")
 	vmIPIP := flag.Bool("vm-ipip", false, "measure the ipip data path only and print it (what the VM runs)")
+	skipBGP := flag.Bool("skip-bgp", false, "skip the BGP measurements (they need BIRD: Debian's bird2)")
 	micro := flag.String("micro", "", "output of the Go microbenchmarks to include in the report")
 	flag.Parse()
 	if os.Geteuid() != 0 {
@@ -75,12 +76,25 @@ func main() {
 	}
 
 	for _, n := range ns {
-		res, err := coldStart(ctx, bin, n)
+		res, err := coldStart(ctx, bin, n, "")
 		if err != nil {
 			log.Fatalf("cold start with %d peers: %v", n, err)
 		}
 		log.Printf("cold start N=%d: %v, RSS peak %.1f MB (file %.1f MB), median %.1f MB, CPU %.1f%%", n, res.Converge, res.RSSMB, res.RSSFileMB, res.RSSMedianMB, 100*res.CPU)
 		r.Cold = append(r.Cold, res)
+	}
+	if !*skipBGP {
+		last := ns[len(ns)-1]
+		res, err := coldStart(ctx, bin, last, sandbox.BIRD)
+		if err != nil {
+			log.Fatalf("cold start with %d peers and BGP: %v", last, err)
+		}
+		log.Printf("cold start N=%d with BGP: %v, RSS peak %.1f MB (file %.1f MB), median %.1f MB", last, res.Converge, res.RSSMB, res.RSSFileMB, res.RSSMedianMB)
+		r.BGP.Cold = &res
+		if r.BGP.Fifty, err = fiftyNodesToBIRD(ctx, bin); err != nil {
+			log.Fatalf("50 nodes peering with BIRD: %v", err)
+		}
+		log.Printf("50 nodes peering with BIRD: %v", r.BGP.Fifty)
 	}
 	if r.Burst, err = burstAndLatency(ctx, bin, 5000); err != nil {
 		log.Fatalf("burst: %v", err)
@@ -117,6 +131,12 @@ func main() {
 
 // cluster starts an empty sandbox (etcd only) for a measurement.
 func cluster(ctx context.Context, bin, conf string) (*sandbox.Cluster, error) {
+	return clusterWith(ctx, bin, conf, "")
+}
+
+// clusterWith is cluster with an upstream router (sandbox.BIRD or FRR; ""
+// for none) that the nodes peer with over BGP.
+func clusterWith(ctx context.Context, bin, conf, router string) (*sandbox.Cluster, error) {
 	dir, err := os.MkdirTemp("", "weft-bench-")
 	if err != nil {
 		return nil, err
@@ -125,6 +145,7 @@ func cluster(ctx context.Context, bin, conf string) (*sandbox.Cluster, error) {
 		Name: fmt.Sprintf("wb%d", os.Getpid()%100000), Dir: dir, BinDir: bin, NetConf: conf,
 		ResyncInterval: 5 * time.Second, // weftd's default
 		EtcdFsync:      true,            // as a production etcd
+		Router:         router,
 	})
 }
 

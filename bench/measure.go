@@ -74,9 +74,12 @@ const (
 	rssEvery  = 100 * time.Millisecond
 )
 
-func coldStart(ctx context.Context, bin string, n int) (coldResult, error) {
+// coldStart measures a node joining a cluster of n leases; with router
+// (sandbox.BIRD), the cluster has an upstream router and the node runs its
+// BGP speaker, peering with it.
+func coldStart(ctx context.Context, bin string, n int, router string) (coldResult, error) {
 	res := coldResult{N: n}
-	c, cli, err := populated(ctx, bin, n)
+	c, cli, err := populated(ctx, bin, n, router)
 	if err != nil {
 		return res, err
 	}
@@ -165,8 +168,8 @@ func cpuTime(pid int) (time.Duration, error) {
 
 // populated starts an empty cluster whose etcd holds n generated leases;
 // the caller stops the cluster and closes the client.
-func populated(ctx context.Context, bin string, n int) (*sandbox.Cluster, *clientv3.Client, error) {
-	c, err := cluster(ctx, bin, benchConf)
+func populated(ctx context.Context, bin string, n int, router string) (*sandbox.Cluster, *clientv3.Client, error) {
+	c, err := clusterWith(ctx, bin, benchConf, router)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -219,7 +222,7 @@ type burstResult struct {
 
 func burstAndLatency(ctx context.Context, bin string, n int) (burstResult, error) {
 	res := burstResult{N: n}
-	c, cli, err := populated(ctx, bin, n)
+	c, cli, err := populated(ctx, bin, n, "")
 	if err != nil {
 		return res, err
 	}

@@ -17,6 +17,7 @@ type report struct {
 	Etcd     etcdResult
 	DataPath []pathResult
 	IPIP     *pathResult // measured in the VM; nil if skipped
+	BGP      bgpResult   // zero if skipped
 	Micro    string      // go test -bench output
 }
 
@@ -71,6 +72,22 @@ func (r *report) markdown(pngPath string) string {
 		p("collection due at %.1f MB (`--gc-percent`), %.1f MB of collector metadata and %.1f MB of", last.Go.NextGC, last.Go.GCSys, last.Go.StackSys)
 		p("stacks; the rest is the runtime's own structures and heap pages not yet returned. In that")
 		p("window weftd used %.1f%% of one core.", 100*last.CPU)
+		p("")
+	}
+	if b := r.BGP; b.Cold != nil && len(r.Cold) > 0 {
+		off := r.Cold[len(r.Cold)-1]
+		p("## BGP")
+		p("")
+		p("The same cold start with the node's BGP speaker on (GoBGP, peering with a BIRD 2 router on")
+		p("the fabric and advertising the node's pod subnet), beside the run without:")
+		p("")
+		p("| N = %d | time to converge | weftd RSS: peak (binary's pages) / median |", off.N)
+		p("|---|---|---|")
+		p("| BGP off | %s | %.1f MB (%.1f MB) / %.1f MB |", ms(off.Converge), off.RSSMB, off.RSSFileMB, off.RSSMedianMB)
+		p("| BGP on | %s | %.1f MB (%.1f MB) / %.1f MB |", ms(b.Cold.Converge), b.Cold.RSSMB, b.Cold.RSSFileMB, b.Cold.RSSMedianMB)
+		p("")
+		p("50 nodes started at once, each peering with one BIRD: %.1f s from the start until the", b.Fifty.Seconds())
+		p("router's kernel table holds all 50 pod subnets, each via its node.")
 		p("")
 	}
 	p("## Incremental")
@@ -137,7 +154,7 @@ func (r *report) markdown(pngPath string) string {
 	if r.Micro != "" {
 		p("## Hot pure code")
 		p("")
-		p("`go test -run '^$' -bench . -benchmem ./subnet/ ./backend/...`:")
+		p("`go test -run '^$' -bench . -benchmem ./subnet/ ./backend/... ./internal/kernel/`:")
 		p("")
 		p("```")
 		for _, l := range strings.Split(strings.TrimSpace(r.Micro), "\n") {

@@ -31,6 +31,12 @@ type clusterOpts struct {
 	ipv6        bool // IPv6 underlay addresses too
 	etcdMembers int
 	netConf     string // net-conf.json instead of the default for backend
+	// router adds an upstream router (sandbox.BIRD or sandbox.FRR) that
+	// every node peers with; routerPassword its TCP MD5 password;
+	// gracefulRestart the nodes' BGP restart time.
+	router          string
+	routerPassword  string
+	gracefulRestart time.Duration
 }
 
 // testBin returns the path of one of weft's binaries.
@@ -54,6 +60,7 @@ func startCluster(t *testing.T, o clusterOpts) *sandbox.Cluster {
 		Name: "wt" + hex.EncodeToString(id), Dir: dir, BinDir: binDir,
 		Nodes: o.nodes, Backend: o.backend, IPMasq: o.ipMasq, LeaseTTL: o.leaseTTL, ConfigFiles: o.configFiles,
 		IPv6: o.ipv6, NetConf: o.netConf, EtcdMembers: o.etcdMembers,
+		Router: o.router, RouterPassword: o.routerPassword, GracefulRestartTime: o.gracefulRestart,
 		Log: t.Logf,
 	})
 	if err != nil {
@@ -62,6 +69,8 @@ func startCluster(t *testing.T, o clusterOpts) *sandbox.Cluster {
 	t.Cleanup(func() {
 		if t.Failed() {
 			logs, _ := filepath.Glob(filepath.Join(dir, "node-*", "weftd.log"))
+			routerLogs, _ := filepath.Glob(filepath.Join(dir, "router*", "*.log"))
+			logs = append(logs, routerLogs...)
 			for _, l := range logs {
 				b, _ := os.ReadFile(l)
 				t.Logf("--- %s\n%s", l, testenv.Tail(b, 3000))
@@ -145,6 +154,14 @@ func transfer(t *testing.T, a, b *sandbox.Pod, size int) string {
 // sendTo connects from pod a to listener l and sends size random bytes.
 func sendTo(t *testing.T, a *sandbox.Pod, l net.Listener, size int) string {
 	t.Helper()
+	return sendFrom(t, a.Name, a.NS, l, size)
+}
+
+// sendFrom connects from namespace ns (called name in messages) to
+// listener l, sends size random bytes, checks they arrive intact, and
+// returns the address the connection arrived from.
+func sendFrom(t *testing.T, name, ns string, l net.Listener, size int) string {
+	t.Helper()
 	type got struct {
 		sum    [32]byte
 		remote string
@@ -168,23 +185,23 @@ func sendTo(t *testing.T, a *sandbox.Pod, l net.Listener, size int) string {
 	data := make([]byte, size)
 	rand.Read(data)
 	var conn net.Conn
-	if err := testenv.InNamedNetNS(a.NS, func() (err error) {
+	if err := testenv.InNamedNetNS(ns, func() (err error) {
 		conn, err = net.DialTimeout("tcp", l.Addr().String(), 5*time.Second)
 		return err
 	}); err != nil {
-		t.Fatalf("%s cannot connect to %s: %v", a.Name, l.Addr(), err)
+		t.Fatalf("%s cannot connect to %s: %v", name, l.Addr(), err)
 	}
 	conn.SetDeadline(time.Now().Add(30 * time.Second))
 	if _, err := io.Copy(conn, bytes.NewReader(data)); err != nil {
-		t.Fatalf("sending from %s: %v", a.Name, err)
+		t.Fatalf("sending from %s: %v", name, err)
 	}
 	conn.Close()
 	r := <-res
 	if r.err != nil {
-		t.Fatalf("receiving from %s: %v", a.Name, r.err)
+		t.Fatalf("receiving from %s: %v", name, r.err)
 	}
 	if r.sum != sha256.Sum256(data) {
-		t.Fatalf("data from %s arrived corrupted", a.Name)
+		t.Fatalf("data from %s arrived corrupted", name)
 	}
 	return r.remote
 }

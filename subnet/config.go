@@ -30,6 +30,9 @@ type Config struct {
 	// the zero Pool.
 	IPv4, IPv6 Pool
 	Backend    Backend
+	// BGP is what every node's BGP speaker does; nil when the cluster
+	// configures none (nodes may still peer by their own flags).
+	BGP *BGP
 	// Raw is the document the configuration was parsed from, kept so that
 	// writing it back preserves keys weft does not know (flannel's).
 	Raw []byte
@@ -114,7 +117,7 @@ var (
 // canonical spelling.
 var knownKeys = canonical("Network", "SubnetLen", "SubnetMin", "SubnetMax",
 	"EnableIPv4", "EnableIPv6", "IPv6Network", "IPv6SubnetLen",
-	"IPv6SubnetMin", "IPv6SubnetMax", "Backend")
+	"IPv6SubnetMin", "IPv6SubnetMax", "Backend", "BGP")
 
 var backendKeys = canonical("Type", "VNI", "Port", "GBP", "DirectRouting", "MTU", "Learning")
 
@@ -182,6 +185,12 @@ func ParseConfig(data []byte) (*Config, []string, error) {
 	if cfg.IPv6.Enabled() && backend.MTU != 0 && backend.MTU < 1280 {
 		return nil, nil, configErr("Backend.MTU", "Backend.MTU %d is too small for IPv6; use at least 1280 or 0 for automatic", backend.MTU)
 	}
+	bgp, bgpw, err := parseBGP(obj.fields["BGP"])
+	if err != nil {
+		return nil, nil, err
+	}
+	cfg.BGP = bgp
+	warnings = append(warnings, bgpw...)
 	return cfg, warnings, nil
 }
 

@@ -1,9 +1,11 @@
 package subnet
 
 import (
+	"errors"
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestParseConfigDefaults(t *testing.T) {
@@ -176,4 +178,67 @@ func FuzzParseConfig(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestParseBGP(t *testing.T) {
+	cfg, warnings, err := ParseConfig([]byte(`{"Network":"100.96.0.0/12","BGP":{"ASN":4200000001,"Peers":[{"Address":"198.18.0.253","ASN":64500},{"Address":"fd18::fd","ASN":64500,"Port":1179}],"Communities":["64512:100"],"GracefulRestartTime":30,"AdvertisePodSubnets":false,"Bogus":1}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := cfg.BGP
+	want := &BGP{
+		ASN: 4200000001, GracefulRestartTime: 30 * time.Second,
+		Peers: []BGPPeer{
+			{Address: netip.MustParseAddr("198.18.0.253"), ASN: 64500, Port: 179},
+			{Address: netip.MustParseAddr("fd18::fd"), ASN: 64500, Port: 1179},
+		},
+		Communities: []Community{64512<<16 | 100},
+	}
+	if !b.Equal(want) {
+		t.Errorf("BGP = %+v, want %+v", b, want)
+	}
+	if len(warnings) != 1 || !strings.Contains(warnings[0], `"BGP.Bogus" is not used`) {
+		t.Errorf("warnings = %q", warnings)
+	}
+	if got := b.Communities[0].String(); got != "64512:100" {
+		t.Errorf("community prints as %s", got)
+	}
+
+	cfg, _, err = ParseConfig([]byte(`{"Network":"100.96.0.0/12","BGP":{}}`))
+	if err != nil || cfg.BGP.ASN != 64512 || cfg.BGP.GracefulRestartTime != 120*time.Second || !cfg.BGP.AdvertisePodSubnets {
+		t.Errorf("defaults: %+v, %v", cfg.BGP, err)
+	}
+	if cfg, _, _ := ParseConfig([]byte(`{"Network":"100.96.0.0/12"}`)); cfg.BGP != nil {
+		t.Errorf("BGP without a BGP object: %+v", cfg.BGP)
+	}
+}
+
+func TestBadBGPConfigNamesTheKey(t *testing.T) {
+	for _, tt := range []struct{ bgp, want string }{
+		{`{"ASN":0}`, "BGP.ASN 0 is out of range; use 1 to 4294967295"},
+		{`{"ASN":4294967296}`, "BGP.ASN 4294967296 is out of range"},
+		{`{"ASN":23456}`, "BGP.ASN 23456 is AS_TRANS"},
+		{`{"ASN":"64512"}`, `BGP.ASN "64512" must be a whole number`},
+		{`{"Peers":[{"Address":"198.18.0.300","ASN":64500}]}`, `BGP.Peers[0].Address "198.18.0.300" is not a unicast IP address`},
+		{`{"Peers":[{"ASN":64500}]}`, "BGP.Peers[0].Address is missing"},
+		{`{"Peers":[{"Address":"198.18.0.253"}]}`, "BGP.Peers[0].ASN is missing"},
+		{`{"Peers":[{"Address":"198.18.0.253","ASN":64500,"Port":0}]}`, "BGP.Peers[0].Port 0 is out of range"},
+		{`{"Peers":[{"Address":"198.18.0.253","ASN":64500,"Password":"x"}]}`, "BGP.Peers[0].Password is not a key of a BGP peer"},
+		{`{"Peers":[{"Address":"198.18.0.253","ASN":64500},{"Address":"198.18.0.253","ASN":64501}]}`, "BGP.Peers[1].Address 198.18.0.253 is given twice"},
+		{`{"Peers":"198.18.0.253"}`, "BGP.Peers \"198.18.0.253\" must be a list of objects"},
+		{`{"Communities":["64512"]}`, `BGP.Communities[0] "64512" is not a community; give it as ASN:VALUE`},
+		{`{"Communities":["64512:70000"]}`, `BGP.Communities[0] "64512:70000" is not a community`},
+		{`{"GracefulRestartTime":5000}`, "BGP.GracefulRestartTime 5000 is out of range; use 1 to 4095"},
+		{`{"AdvertisePodSubnets":"yes"}`, `BGP.AdvertisePodSubnets "yes" must be true or false`},
+		{`[]`, "BGP must be a JSON object"},
+	} {
+		_, _, err := ParseConfig([]byte(`{"Network":"100.96.0.0/12","BGP":` + tt.bgp + `}`))
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("BGP %s: err = %v, want %q", tt.bgp, err, tt.want)
+		}
+		var ce *ConfigError
+		if !errors.As(err, &ce) || !strings.HasPrefix(ce.Key, "BGP") {
+			t.Errorf("BGP %s: error is not a ConfigError naming a BGP key: %#v", tt.bgp, err)
+		}
+	}
 }

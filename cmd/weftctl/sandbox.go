@@ -33,6 +33,7 @@ func sandboxCommand() *cli.Command {
 					&cli.StringFlag{Name: "backend", Value: subnet.BackendVXLAN, Usage: "vxlan or host-gw"},
 					&cli.BoolFlag{Name: "ip-masq", Usage: "pass --ip-masq to every weftd"},
 					&cli.BoolFlag{Name: "ipv6", Usage: "dual-stack: IPv6 underlay (fd18::/64) and pod network (fd96::/48) too"},
+					&cli.StringFlag{Name: "router", Usage: "add an upstream router, bird or frr, peering with every node over BGP, and an outside network (203.0.113.0/24) behind it"},
 				},
 				Action: sandboxUp,
 			},
@@ -56,6 +57,13 @@ func sandboxCommand() *cli.Command {
 						return cli.Exit(fmt.Sprintf("%d pod pairs cannot reach each other", failed), 1)
 					}
 					fmt.Fprintln(c.App.Writer, "every pod reaches every other pod")
+					if outside := sandbox.FromOutside(c.Context, st, c.Int("count")); outside != nil {
+						fmt.Fprintf(c.App.Writer, "\nFrom the outside network, through the %s router (routes learned over BGP):\n", st.Routers[0].Kind)
+						if failed := sandbox.PrintMatrix(c.App.Writer, outside); failed > 0 {
+							return cli.Exit(fmt.Sprintf("%d pods cannot be reached from outside", failed), 1)
+						}
+						fmt.Fprintln(c.App.Writer, "the outside network reaches every pod")
+					}
 					return nil
 				},
 			},
@@ -77,6 +85,9 @@ func sandboxUp(c *cli.Context) error {
 	if n := c.Int("nodes"); n < 1 || n > 250 {
 		return cli.Exit(fmt.Sprintf("--nodes %d is out of range; use 1 to 250", n), 2)
 	}
+	if r := c.String("router"); r != "" && r != sandbox.BIRD && r != sandbox.FRR {
+		return cli.Exit(fmt.Sprintf("--router %q is unknown; use bird or frr", r), 2)
+	}
 	self, err := os.Executable()
 	if err != nil {
 		return err
@@ -86,6 +97,7 @@ func sandboxUp(c *cli.Context) error {
 		Name: c.String("name"), Dir: dir, BinDir: filepath.Dir(self),
 		Nodes: c.Int("nodes"), Backend: c.String("backend"), IPMasq: c.Bool("ip-masq"),
 		IPv6: c.Bool("ipv6"), NetConf: sandbox.NetConf(c.String("backend"), c.Bool("ipv6")),
+		Router: c.String("router"),
 		Detach: true,
 		Log:    func(format string, args ...any) { fmt.Fprintf(out, format+"\n", args...) },
 	})
@@ -176,4 +188,11 @@ func printSandbox(w io.Writer, st sandbox.State) {
 		etcd = "stopped"
 	}
 	fmt.Fprintf(w, "etcd %s in %s: %s (pid %d); logs in %s\n", st.Etcd, st.Fabric, etcd, st.EtcdPID, st.Dir)
+	for _, r := range st.Routers {
+		fmt.Fprintf(w, "router %s in %s at %s (AS %d)", r.Kind, r.NS, r.IP, sandbox.RouterASN)
+		if r.Outside != "" {
+			fmt.Fprintf(w, "; outside network %s, client %s in %s", sandbox.OutsideNetwork, sandbox.OutsideClient, r.Outside)
+		}
+		fmt.Fprintln(w)
+	}
 }

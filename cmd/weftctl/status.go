@@ -106,5 +106,34 @@ func printStatus(w io.Writer, st *status.Status, now time.Time) {
 	row("LAST SYNC", last)
 	row("SYNC ERRORS", fmt.Sprint(st.SyncErrors))
 	row("WATCH RESTARTS", fmt.Sprint(st.Restarts))
+	if st.BGP != nil {
+		row("BGP", fmt.Sprintf("AS %d, router ID %s, %d routes advertised", st.BGP.ASN, st.BGP.RouterID, len(st.BGP.Advertised)))
+	}
 	tw.Flush()
+	if st.BGP != nil {
+		printBGP(w, st.BGP, now)
+	}
+}
+
+// printBGP lists the BGP sessions and the routes the node advertises.
+func printBGP(w io.Writer, b *status.BGP, now time.Time) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w)
+	fmt.Fprintf(tw, "BGP PEER\tAS\tSTATE\tFOR\tSENT\tRECEIVED\tPROBLEM\n")
+	for _, p := range b.Peers {
+		since := "-"
+		if !p.Since.IsZero() {
+			since = now.Sub(p.Since).Round(time.Second).String()
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%d\t%s\n", p.Address, p.ASN, p.State, since, p.PrefixesSent, p.PrefixesReceived, dash(p.Problem))
+	}
+	tw.Flush()
+	if len(b.Advertised) > 0 {
+		fmt.Fprintln(w)
+		fmt.Fprintf(tw, "ADVERTISED\tNEXT HOP\tWHY\n")
+		for _, r := range b.Advertised {
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", r.Prefix, r.NextHop, r.Why)
+		}
+		tw.Flush()
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -40,7 +41,7 @@ func run(args []string) int {
 		Version: version.Version,
 		Flags:   flags(),
 		Action: func(c *cli.Context) error {
-			cfg, err := configFrom(c)
+			cfg, err := configFrom(c, args)
 			if err != nil {
 				return err
 			}
@@ -90,13 +91,22 @@ func flags() []cli.Flag {
 		&cli.DurationFlag{Name: "lease-ttl", Value: 24 * time.Hour, EnvVars: env("lease-ttl"), Usage: "TTL of the etcd lease on this node's subnet; kept alive while weftd runs"},
 		&cli.DurationFlag{Name: "resync-interval", Value: 5 * time.Second, EnvVars: env("resync-interval"), Usage: "how often to compare the kernel with the leases and repair drift"},
 		&cli.IntFlag{Name: "gc-percent", Value: 25, EnvVars: env("gc-percent"), Usage: "once ready, how far (in percent) the Go heap may grow over live data before a collection (lower: less memory, more CPU); the GOGC environment variable, when set, wins"},
+		&cli.StringSliceFlag{Name: "bgp-peer-address", EnvVars: env("bgp-peer-address"), Usage: "a router this node peers with over BGP, besides the cluster's (net-conf.json BGP.Peers); repeatable"},
+		&cli.StringSliceFlag{Name: "bgp-peer-asn", EnvVars: env("bgp-peer-asn"), Usage: "the AS number of each --bgp-peer-address, or one for all of them"},
+		&cli.StringSliceFlag{Name: "bgp-peer-port", EnvVars: env("bgp-peer-port"), Usage: "the BGP port of each --bgp-peer-address, or one for all (default 179)"},
+		&cli.StringFlag{Name: "bgp-password", EnvVars: env("bgp-password"), Usage: "TCP MD5 password of this node's BGP sessions: only as WEFTD_BGP_PASSWORD (never on the command line, where ps shows it)"},
+		&cli.StringFlag{Name: "bgp-password-file", EnvVars: env("bgp-password-file"), Usage: "file holding the TCP MD5 password of this node's BGP sessions", TakesFile: true},
+		&cli.StringFlag{Name: "bgp-router-id", EnvVars: env("bgp-router-id"), Usage: "BGP router ID, an IPv4 address (default: the node's IPv4 address; required on IPv6-only nodes)"},
+		&cli.StringFlag{Name: "bgp-asn", EnvVars: env("bgp-asn"), Usage: "this node's AS number (default: the cluster's BGP.ASN, else 64512)"},
+		&cli.IntFlag{Name: "bgp-listen-port", Value: 179, EnvVars: env("bgp-listen-port"), Usage: "port routers may connect to; 0: only dial out"},
 		&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: env("log-level"), Usage: "debug, info, warn or error"},
 		&cli.StringFlag{Name: "log-format", Value: "text", EnvVars: env("log-format"), Usage: "text or json"},
 	)
 }
 
-// configFrom turns the flags into a daemon.Config.
-func configFrom(c *cli.Context) (*daemon.Config, error) {
+// configFrom turns the flags into a daemon.Config; args is the command
+// line, to tell a flag given there from one set in the environment.
+func configFrom(c *cli.Context, args []string) (*daemon.Config, error) {
 	if c.NArg() > 0 {
 		return nil, &daemon.InvalidError{Err: fmt.Errorf("unexpected argument %q; weftd takes only flags", c.Args().First())}
 	}
@@ -130,10 +140,13 @@ func configFrom(c *cli.Context) (*daemon.Config, error) {
 		GCPercent:      c.Int("gc-percent"),
 		Log:            logger,
 	}
+	if cfg.BGP, err = bgpFrom(c, args); err != nil {
+		return nil, err
+	}
 	for _, a := range []struct {
 		flag string
 		dst  *netip.Addr
-	}{{"iface-can-reach", &cfg.IfaceCanReach}, {"public-ip", &cfg.PublicIP}, {"public-ipv6", &cfg.PublicIPv6}} {
+	}{{"iface-can-reach", &cfg.IfaceCanReach}, {"public-ip", &cfg.PublicIP}, {"public-ipv6", &cfg.PublicIPv6}, {"bgp-router-id", &cfg.BGP.RouterID}} {
 		if s := c.String(a.flag); s != "" {
 			ip, err := netip.ParseAddr(s)
 			if err != nil {
@@ -143,4 +156,106 @@ func configFrom(c *cli.Context) (*daemon.Config, error) {
 		}
 	}
 	return cfg, nil
+}
+
+// bgpFrom reads the --bgp-* flags: peers as positional lists (one ASN and
+// port per address, or one for all), the password from the environment or
+// a file, never from the command line args.
+func bgpFrom(c *cli.Context, args []string) (daemon.NodeBGP, error) {
+	bad := func(format string, args ...any) error {
+		return &daemon.InvalidError{Err: fmt.Errorf(format, args...)}
+	}
+	b := daemon.NodeBGP{ListenPort: c.Int("bgp-listen-port")}
+	for _, arg := range args[1:] {
+		if name, _, _ := strings.Cut(strings.TrimLeft(arg, "-"), "="); strings.HasPrefix(arg, "-") && name == "bgp-password" {
+			return b, bad("--bgp-password on the command line is visible to every user of the node (ps); give it as WEFTD_BGP_PASSWORD or in --bgp-password-file")
+		}
+	}
+	b.Password = c.String("bgp-password")
+	if f := c.String("bgp-password-file"); f != "" {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			return b, bad("--bgp-password-file: %v", err)
+		}
+		b.Password = strings.TrimRight(string(data), "\r\n")
+		if b.Password == "" {
+			return b, bad("--bgp-password-file %s is empty", f)
+		}
+	}
+	if len(b.Password) > 80 {
+		return b, bad("the BGP password is %d characters long; TCP MD5 takes at most 80", len(b.Password))
+	}
+	if s := c.String("bgp-asn"); s != "" {
+		v, err := strconv.ParseUint(s, 10, 64)
+		if err == nil {
+			err = subnet.CheckASN("--bgp-asn", v)
+		} else {
+			err = fmt.Errorf("--bgp-asn %q is not a number", s)
+		}
+		if err != nil {
+			return b, &daemon.InvalidError{Err: err}
+		}
+		b.ASN = uint32(v)
+	}
+	addrs := nonEmpty(c.StringSlice("bgp-peer-address"))
+	asns, ports := nonEmpty(c.StringSlice("bgp-peer-asn")), nonEmpty(c.StringSlice("bgp-peer-port"))
+	if len(addrs) == 0 {
+		if len(asns)+len(ports) > 0 {
+			return b, bad("--bgp-peer-asn and --bgp-peer-port need --bgp-peer-address")
+		}
+		return b, nil
+	}
+	nth := func(flag string, list []string, i int, dflt string) (string, error) {
+		switch len(list) {
+		case 0:
+			if dflt == "" {
+				return "", bad("%s is missing; give the AS number of each --bgp-peer-address, or one for all", flag)
+			}
+			return dflt, nil
+		case 1:
+			return list[0], nil
+		case len(addrs):
+			return list[i], nil
+		}
+		return "", bad("%s has %d values for %d --bgp-peer-address; give one for all peers or one per peer", flag, len(list), len(addrs))
+	}
+	for i, a := range addrs {
+		ip, err := netip.ParseAddr(a)
+		if err != nil || ip.Zone() != "" || ip.Is4In6() {
+			return b, bad("--bgp-peer-address %q is not an IP address", a)
+		}
+		asn, err := nth("--bgp-peer-asn", asns, i, "")
+		if err != nil {
+			return b, err
+		}
+		v, err := strconv.ParseUint(asn, 10, 64)
+		if err == nil {
+			err = subnet.CheckASN("--bgp-peer-asn", v)
+		} else {
+			err = fmt.Errorf("--bgp-peer-asn %q is not a number", asn)
+		}
+		if err != nil {
+			return b, &daemon.InvalidError{Err: err}
+		}
+		port, err := nth("--bgp-peer-port", ports, i, "179")
+		if err != nil {
+			return b, err
+		}
+		p, err := strconv.Atoi(port)
+		if err != nil || p < 1 || p > 65535 {
+			return b, bad("--bgp-peer-port %q is out of range; use 1 to 65535", port)
+		}
+		b.Peers = append(b.Peers, subnet.BGPPeer{Address: ip, ASN: uint32(v), Port: uint16(p)})
+	}
+	return b, nil
+}
+
+func nonEmpty(list []string) []string {
+	var out []string
+	for _, s := range list {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
 }

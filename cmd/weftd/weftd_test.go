@@ -47,6 +47,10 @@ func TestInvalidFlagsAndConfigExit2(t *testing.T) {
 	os.WriteFile(badConf, []byte(`{"Network":"100.96.0.0/12","Backend":{"Type":"vxlam"}}`), 0o644)
 	noNetwork := filepath.Join(dir, "empty.json")
 	os.WriteFile(noNetwork, []byte(`{}`), 0o644)
+	badBGP := filepath.Join(dir, "bgp.json")
+	os.WriteFile(badBGP, []byte(`{"Network":"100.96.0.0/12","BGP":{"ASN":0}}`), 0o644)
+	emptyPassword := filepath.Join(dir, "password")
+	os.WriteFile(emptyPassword, nil, 0o600)
 	base := []string{"--healthz-addr", "", "--etcd-endpoints", "http://198.18.0.254:2379"}
 
 	tests := []struct {
@@ -80,6 +84,19 @@ func TestInvalidFlagsAndConfigExit2(t *testing.T) {
 		{"bad backend", []string{"--net-config-path", badConf}, nil, `Backend.Type "vxlam" is unknown; use one of vxlan, host-gw, ipip`},
 		{"no network", []string{"--net-config-path", noNetwork}, nil, "Network is missing"},
 		{"duration", []string{"--lease-ttl", "forever"}, nil, `invalid value "forever" for flag -lease-ttl`},
+		{"bgp config", []string{"--net-config-path", badBGP}, nil, "BGP.ASN 0 is out of range; use 1 to 4294967295"},
+		{"bgp peer address", []string{"--bgp-peer-address", "198.18.0.300", "--bgp-peer-asn", "64500"}, nil, `--bgp-peer-address "198.18.0.300" is not an IP address`},
+		{"bgp peer without asn", []string{"--bgp-peer-address", "198.18.0.253"}, nil, "--bgp-peer-asn is missing; give the AS number of each --bgp-peer-address"},
+		{"bgp peer asn", []string{"--bgp-peer-address", "198.18.0.253", "--bgp-peer-asn", "0"}, nil, "--bgp-peer-asn 0 is out of range; use 1 to 4294967295"},
+		{"bgp peer asn from env", nil, []string{"WEFTD_BGP_PEER_ADDRESS=198.18.0.253", "WEFTD_BGP_PEER_ASN=4294967296"}, "--bgp-peer-asn 4294967296 is out of range"},
+		{"bgp peer asns", []string{"--bgp-peer-address", "198.18.0.253,198.18.0.252,198.18.0.251", "--bgp-peer-asn", "64500,64501"}, nil, "--bgp-peer-asn has 2 values for 3 --bgp-peer-address"},
+		{"bgp peer port", []string{"--bgp-peer-address", "198.18.0.253", "--bgp-peer-asn", "64500", "--bgp-peer-port", "0"}, nil, `--bgp-peer-port "0" is out of range`},
+		{"bgp asn", []string{"--bgp-asn", "23456"}, nil, "--bgp-asn 23456 is AS_TRANS"},
+		{"bgp password on the command line", []string{"--bgp-password", "s3cret"}, nil, "--bgp-password on the command line is visible to every user of the node (ps); give it as WEFTD_BGP_PASSWORD or in --bgp-password-file"},
+		{"bgp password file", []string{"--bgp-password-file", "/nonexistent/pw"}, nil, "--bgp-password-file: open /nonexistent/pw"},
+		{"bgp empty password file", []string{"--bgp-password-file", emptyPassword}, nil, "--bgp-password-file " + emptyPassword + " is empty"},
+		{"bgp router id", []string{"--bgp-router-id", "fd18::1"}, nil, "--bgp-router-id fd18::1 is not an IPv4 address"},
+		{"bgp listen port", []string{"--bgp-listen-port", "70000"}, nil, "--bgp-listen-port 70000 is out of range"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/weft-net/weft/subnet"
 	"github.com/weft-net/weft/subnet/etcd"
 )
 
@@ -41,8 +42,27 @@ type Config struct {
 	// GCPercent is the Go collector's target (GOGC) once weftd is ready:
 	// startup, a burst of work, runs with Go's default.
 	GCPercent int
+	// BGP is this node's own BGP settings; with the cluster's (the BGP
+	// object of net-conf.json) they say whether and how the node peers.
+	BGP NodeBGP
 
 	Log *logrus.Logger
+}
+
+// NodeBGP is what --bgp-* say: the peers of this node (its top-of-rack
+// routers) besides the cluster's, and how it speaks to all of them.
+type NodeBGP struct {
+	Peers []subnet.BGPPeer
+	// Password is the TCP MD5 password of every session of this node;
+	// never logged or reported.
+	Password string
+	// ASN overrides the cluster's AS number for this node (0: the
+	// cluster's).
+	ASN uint32
+	// RouterID is the BGP router ID (default: the node's IPv4 address).
+	RouterID netip.Addr
+	// ListenPort is where routers may connect (0: nowhere, dial out only).
+	ListenPort int
 }
 
 // InvalidError is a configuration or flag value weftd cannot run with
@@ -98,6 +118,12 @@ func (c *Config) Validate() error {
 	}
 	if c.GCPercent < 10 || c.GCPercent > 1000 {
 		return invalid("--gc-percent %d must be from 10 to 1000", c.GCPercent)
+	}
+	if c.BGP.RouterID.IsValid() && !c.BGP.RouterID.Is4() {
+		return invalid("--bgp-router-id %s is not an IPv4 address; a BGP router ID is written as one, even on IPv6-only nodes", c.BGP.RouterID)
+	}
+	if c.BGP.ListenPort < 0 || c.BGP.ListenPort > 65535 {
+		return invalid("--bgp-listen-port %d is out of range; use 1 to 65535, or 0 to only dial out", c.BGP.ListenPort)
 	}
 	if c.Log == nil {
 		return errors.New("daemon: no logger")

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 
+	"github.com/weft-net/weft/internal/bgp"
 	"github.com/weft-net/weft/internal/kernel"
 	"github.com/weft-net/weft/internal/mailbox"
 	"github.com/weft-net/weft/internal/netmon"
@@ -81,9 +82,10 @@ type daemon struct {
 	board   board    // readiness, and a refused configuration document
 	closers []func() // what start opened, for Run to close at the end
 
-	store atomic.Pointer[etcd.Store]
-	rec   atomic.Pointer[reconcile.Reconciler]
-	claim atomic.Pointer[etcd.Claim]
+	store   atomic.Pointer[etcd.Store]
+	rec     atomic.Pointer[reconcile.Reconciler]
+	claim   atomic.Pointer[etcd.Claim]
+	speaker atomic.Pointer[bgp.Speaker] // nil when BGP is off
 }
 
 // start brings the node up to the point where its lease is held, then
@@ -127,6 +129,10 @@ func (d *daemon) start(ctx context.Context, g *errgroup.Group) error {
 		}
 	}
 	checkForwarding(d.log, network)
+	bgpCfg, bgpOpts, bgpOn, err := d.bgpSettings(network, ext)
+	if err != nil {
+		return err
+	}
 
 	rec := reconcile.New(reconcile.Config{
 		Netlink: nl, Kernel: kernel.New(nl, netns.None()), Network: network, Interface: ext,
@@ -161,16 +167,31 @@ func (d *daemon) start(ctx context.Context, g *errgroup.Group) error {
 	mon := netmon.NewMonitor(monNL, ext, sel, d.log)
 
 	leases := make(chan []subnet.Event, 64)
-	configs := make(chan *subnet.Config, 1)
 	announcements := mailbox.New[reconcile.Announcement]()
-	in := reconcile.Inputs{Leases: leases, Configs: configs, Interfaces: mon.Interfaces(), Drift: mon.Drift()}
-	g.Go(func() error { return d.watchConfig(ctx, store, network, configs) })
+	out := outputs{configs: make(chan *subnet.Config, 1)}
+	in := reconcile.Inputs{Leases: leases, Configs: out.configs, Interfaces: mon.Interfaces(), Drift: mon.Drift()}
+	if bgpOn {
+		sp := bgp.New(bgpCfg, bgpOpts)
+		d.speaker.Store(sp)
+		out.bgpNode, out.bgpOptions = mailbox.New[bgp.Node](), mailbox.New[bgp.Options]()
+		g.Go(func() error { return sp.Run(ctx, bgp.Inputs{Node: out.bgpNode.C(), Options: out.bgpOptions.C()}) })
+	}
+	g.Go(func() error { return d.watchConfig(ctx, store, network, out) })
 	g.Go(func() error { claim.Keep(ctx); return ctx.Err() })
 	g.Go(func() error { return store.WatchFrom(ctx, network, leases, claim.TakeListing()) })
 	g.Go(func() error { return mon.Run(ctx) })
 	g.Go(func() error { return rec.Run(ctx, claim.Lease(), in, announcements) })
-	g.Go(func() error { return d.announce(ctx, claim, network, announcements.C()) })
+	g.Go(func() error { return d.announce(ctx, claim, network, announcements.C(), out.bgpNode) })
 	return nil
+}
+
+// outputs are where the daemon's goroutines send what the others follow.
+type outputs struct {
+	configs chan *subnet.Config // to the reconciler
+	// To the BGP speaker, nil when BGP is off: this node's lease, and the
+	// settings of the cluster's configuration.
+	bgpNode    *mailbox.Mailbox[bgp.Node]
+	bgpOptions *mailbox.Mailbox[bgp.Options]
 }
 
 // checkForwarding turns on IP forwarding for the families the network

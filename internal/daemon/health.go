@@ -60,8 +60,47 @@ func newMetrics(d *daemon) *metrics {
 			return 0
 		})
 	m.registry.MustRegister(m.peers, m.syncDuration, m.syncErrors, leaseTTL, m.ready, m.backendInfo, m.configRejected, restarts,
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		bgpCollector{d}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
+}
+
+// bgpCollector reports the BGP speaker's sessions at scrape time.
+type bgpCollector struct{ d *daemon }
+
+var (
+	bgpUpDesc = prometheus.NewDesc("weft_bgp_session_up",
+		"1 when the BGP session with the peer is established.", []string{"peer"}, nil)
+	bgpSentDesc = prometheus.NewDesc("weft_bgp_prefixes_advertised",
+		"Prefixes this node advertises to the peer.", []string{"peer"}, nil)
+	bgpReceivedDesc = prometheus.NewDesc("weft_bgp_prefixes_received",
+		"Prefixes the peer sent (never installed or passed on).", []string{"peer"}, nil)
+	bgpRoutesDesc = prometheus.NewDesc("weft_bgp_routes",
+		"Routes this node originates over BGP.", nil, nil)
+)
+
+func (bgpCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- bgpUpDesc
+	ch <- bgpSentDesc
+	ch <- bgpReceivedDesc
+	ch <- bgpRoutesDesc
+}
+
+func (c bgpCollector) Collect(ch chan<- prometheus.Metric) {
+	sp := c.d.speaker.Load()
+	if sp == nil {
+		return
+	}
+	st := sp.Status()
+	for _, p := range st.Peers {
+		up := 0.0
+		if p.State == "established" {
+			up = 1
+		}
+		ch <- prometheus.MustNewConstMetric(bgpUpDesc, prometheus.GaugeValue, up, p.Address)
+		ch <- prometheus.MustNewConstMetric(bgpSentDesc, prometheus.GaugeValue, float64(p.PrefixesSent), p.Address)
+		ch <- prometheus.MustNewConstMetric(bgpReceivedDesc, prometheus.GaugeValue, float64(p.PrefixesReceived), p.Address)
+	}
+	ch <- prometheus.MustNewConstMetric(bgpRoutesDesc, prometheus.GaugeValue, float64(len(st.Advertised)))
 }
 
 // SetBackend implements reconcile.Metrics.
@@ -127,6 +166,9 @@ func (d *daemon) status() status.Status {
 	}
 	if st := d.store.Load(); st != nil {
 		s.Restarts = st.WatchRestarts()
+	}
+	if sp := d.speaker.Load(); sp != nil {
+		s.BGP = sp.Status()
 	}
 	return s
 }

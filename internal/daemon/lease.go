@@ -6,11 +6,14 @@ import (
 	"net/netip"
 	"os"
 	"runtime/debug"
+	"slices"
 	"time"
 
 	"github.com/google/nftables"
 	"github.com/sirupsen/logrus"
 
+	"github.com/weft-net/weft/internal/bgp"
+	"github.com/weft-net/weft/internal/mailbox"
 	"github.com/weft-net/weft/internal/masq"
 	"github.com/weft-net/weft/internal/ratelog"
 	"github.com/weft-net/weft/internal/reconcile"
@@ -32,12 +35,15 @@ func (d *daemon) attrs(a reconcile.Announcement) subnet.Attrs {
 // lease (a backend switch, a new address), retrying while etcd cannot take
 // them. Once the peers of the first listing are programmed it installs the
 // nftables table, writes subnet.env and reports ready; afterwards it
-// rewrites subnet.env whenever its content changes (the pod MTU).
-func (d *daemon) announce(ctx context.Context, claim *etcd.Claim, network *subnet.Config, in <-chan reconcile.Announcement) error {
+// rewrites subnet.env whenever its content changes (the pod MTU). From
+// ready on, it tells the BGP speaker (bgpNode, nil when BGP is off) what
+// this node's subnets and addresses are.
+func (d *daemon) announce(ctx context.Context, claim *etcd.Claim, network *subnet.Config, in <-chan reconcile.Announcement, bgpNode *mailbox.Mailbox[bgp.Node]) error {
 	log := d.log.WithField("component", "lease")
 	var (
 		want     reconcile.Announcement
 		written  *subnet.Env // what subnet.env holds, once ready
+		told     bgp.Node    // what the BGP speaker was told
 		backoff  retry.Backoff
 		again    <-chan time.Time
 		failures = ratelog.Limiter{Every: 30 * time.Second}
@@ -83,6 +89,13 @@ func (d *daemon) announce(ctx context.Context, claim *etcd.Claim, network *subne
 			log.WithFields(logrus.Fields{"subnet_file": d.cfg.SubnetFile, "mtu": env.MTU, "was": written.MTU}).Info("rewrote subnet.env")
 		}
 		written = env
+		if bgpNode != nil {
+			node := bgp.Node{Subnets: slices.Collect(cur.Subnets), PublicIP: want.PublicIP, PublicIPv6: want.PublicIPv6}
+			if !slices.Equal(node.Subnets, told.Subnets) || node.PublicIP != told.PublicIP || node.PublicIPv6 != told.PublicIPv6 {
+				told = node
+				bgpNode.Send(node)
+			}
+		}
 	}
 }
 

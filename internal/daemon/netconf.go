@@ -99,13 +99,16 @@ func (d *daemon) readNetConfig(ctx context.Context, store *etcd.Store) (*subnet.
 // ConfigMap update swaps a symlink; reading the path follows it.
 const configPollInterval = 2 * time.Second
 
-// watchConfig sends every valid new configuration to out until ctx ends:
-// from --net-config-path by polling the file, else from <prefix>/config by
-// an etcd watch. An invalid document is logged, reported in the status and
-// not sent; whether a valid one can be applied is the reconciler's call.
-func (d *daemon) watchConfig(ctx context.Context, store *etcd.Store, cur *subnet.Config, out chan<- *subnet.Config) error {
+// watchConfig sends every valid new configuration to the reconciler, and
+// its BGP settings to the speaker, until ctx ends: from --net-config-path
+// by polling the file, else from <prefix>/config by an etcd watch. An
+// invalid document is logged, reported in the status and not sent; whether
+// a valid one can be applied is the reconciler's call (and, for changes of
+// BGP that need a restart, this function's).
+func (d *daemon) watchConfig(ctx context.Context, store *etcd.Store, cur *subnet.Config, out outputs) error {
 	log := d.log.WithField("component", "config")
 	last := cur.Raw
+	bgpNow := cur.BGP
 	consider := func(data []byte) {
 		if bytes.Equal(data, last) {
 			return
@@ -121,9 +124,17 @@ func (d *daemon) watchConfig(ctx context.Context, store *etcd.Store, cur *subnet
 		for _, w := range warnings {
 			log.Warn(w)
 		}
-		d.board.set(func(b *board) { b.configIssue = "" })
+		issue := bgpChange(out.bgpOptions != nil, bgpNow, cfg.BGP)
+		if issue != "" {
+			log.Error(issue)
+			d.metrics.ConfigRejected()
+		} else if out.bgpOptions != nil && !bgpNow.Equal(cfg.BGP) {
+			bgpNow = cfg.BGP
+			out.bgpOptions.Send(d.bgpOptions(cfg.BGP))
+		}
+		d.board.set(func(b *board) { b.configIssue = issue })
 		select {
-		case out <- cfg:
+		case out.configs <- cfg:
 		case <-ctx.Done():
 		}
 	}

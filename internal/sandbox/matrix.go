@@ -23,10 +23,7 @@ var rttRe = regexp.MustCompile(`= [\d.]+/([\d.]+)/`)
 // Matrix pings every pod from every other pod (count pings each) and
 // returns the results, row by row.
 func Matrix(ctx context.Context, st State, count int) []Reach {
-	var pods []PodState
-	for _, n := range st.Nodes {
-		pods = append(pods, n.Pods...)
-	}
+	pods := st.pods()
 	out := make([]Reach, 0, len(pods)*len(pods))
 	for _, from := range pods {
 		for _, to := range pods {
@@ -35,6 +32,34 @@ func Matrix(ctx context.Context, st State, count int) []Reach {
 			}
 		}
 	}
+	return ping(ctx, out, count)
+}
+
+// FromOutside pings every pod from the client on the outside network of
+// the sandbox's first router (none without one): pods are reached through
+// the routes the nodes advertise over BGP.
+func FromOutside(ctx context.Context, st State, count int) []Reach {
+	if len(st.Routers) == 0 || st.Routers[0].Outside == "" {
+		return nil
+	}
+	from := PodState{Name: "outside " + OutsideClient.String(), NS: st.Routers[0].Outside, IP: OutsideClient.String()}
+	var out []Reach
+	for _, to := range st.pods() {
+		out = append(out, Reach{From: from, To: to})
+	}
+	return ping(ctx, out, count)
+}
+
+func (st State) pods() []PodState {
+	var pods []PodState
+	for _, n := range st.Nodes {
+		pods = append(pods, n.Pods...)
+	}
+	return pods
+}
+
+// ping fills in the results of pairs.
+func ping(ctx context.Context, out []Reach, count int) []Reach {
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 8)
 	for i := range out {

@@ -20,6 +20,11 @@ type process struct {
 // start runs bin with args inside namespace ns, with its output appended to
 // logPath.
 func (c *Cluster) start(ns, logPath, bin string, args ...string) (*process, error) {
+	return c.startEnv(ns, logPath, nil, bin, args...)
+}
+
+// startEnv is start with env added to the environment.
+func (c *Cluster) startEnv(ns, logPath string, env []string, bin string, args ...string) (*process, error) {
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, err
@@ -27,6 +32,9 @@ func (c *Cluster) start(ns, logPath, bin string, args ...string) (*process, erro
 	defer logf.Close() // the child has its own descriptor
 	cmd := exec.Command("ip", append([]string{"netns", "exec", ns, bin}, args...)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
+	if len(env) > 0 {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	if c.opts.Detach {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	} else {

@@ -63,6 +63,18 @@ type Options struct {
 	// (--net-config-path), laid out as a Kubernetes ConfigMap volume is, so
 	// that SetNodeConfig can update it the way the kubelet does.
 	ConfigFiles bool
+	// Router adds an upstream router (BIRD or FRR) with an outside network
+	// before the nodes, and a BGP object peering with it to NetConf (unless
+	// NetConf has one).
+	Router string
+	// RouterPassword is the TCP MD5 password of the router's sessions;
+	// every weftd gets it as WEFTD_BGP_PASSWORD.
+	RouterPassword string
+	// GracefulRestartTime goes into the BGP object the router adds (0:
+	// weftd's default).
+	GracefulRestartTime time.Duration
+	// Env is added to every weftd's environment.
+	Env []string
 	// Detach starts processes in sessions of their own so that they outlive
 	// the caller (weftctl sandbox up); otherwise they die with it.
 	Detach bool
@@ -72,10 +84,11 @@ type Options struct {
 
 // Cluster is a running sandbox. Its methods are not safe for concurrent use.
 type Cluster struct {
-	opts   Options
-	Fabric string     // fabric namespace
-	etcd   []*process // one per member; nil while stopped
-	Nodes  []*Node
+	opts    Options
+	Fabric  string     // fabric namespace
+	etcd    []*process // one per member; nil while stopped
+	Nodes   []*Node
+	Routers []*Router
 	// added counts nodes ever added, so a new node never reuses the name
 	// or address of one that left.
 	added int
@@ -90,8 +103,11 @@ type Node struct {
 	IP         netip.Addr
 	SubnetFile string
 	LogFile    string
-	weftd      *process
-	Pods       []*Pod
+	// Env is added to this node's weftd's environment (after
+	// Options.Env).
+	Env   []string
+	weftd *process
+	Pods  []*Pod
 }
 
 // Pod is a namespace on a node's cni0 bridge with an address from the
@@ -137,6 +153,16 @@ func Up(ctx context.Context, opts Options) (c *Cluster, err error) {
 	if opts.NetConf == "" {
 		opts.NetConf = NetConf(opts.Backend, false)
 	}
+	if opts.Router != "" {
+		conf, err := withBGP(opts.NetConf, opts.GracefulRestartTime)
+		if err != nil {
+			return nil, err
+		}
+		opts.NetConf = conf
+		if opts.RouterPassword != "" {
+			opts.Env = append(opts.Env, "WEFTD_BGP_PASSWORD="+opts.RouterPassword)
+		}
+	}
 	if _, _, err := subnet.ParseConfig([]byte(opts.NetConf)); err != nil {
 		return nil, err
 	}
@@ -176,6 +202,11 @@ func Up(ctx context.Context, opts Options) (c *Cluster, err error) {
 	if err := c.SetNetConf(ctx, opts.NetConf); err != nil {
 		return c, err
 	}
+	if opts.Router != "" {
+		if _, err := c.AddRouter(ctx, RouterOptions{Kind: opts.Router, Password: opts.RouterPassword, Outside: true}); err != nil {
+			return c, err
+		}
+	}
 	for range opts.Nodes {
 		if _, err := c.AddNode(ctx); err != nil {
 			return c, err
@@ -191,6 +222,31 @@ func NetConf(backend string, ipv6 bool) string {
 		return fmt.Sprintf(`{"Network":"100.96.0.0/12","EnableIPv6":true,"IPv6Network":"fd96::/48","Backend":{"Type":%q}}`, backend)
 	}
 	return fmt.Sprintf(`{"Network":"100.96.0.0/12","Backend":{"Type":%q}}`, backend)
+}
+
+// withBGP adds to conf a BGP object that peers with the sandbox's router,
+// unless conf has one.
+func withBGP(conf string, restart time.Duration) (string, error) {
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(conf), &m); err != nil {
+		return "", fmt.Errorf("sandbox: net-conf.json: %w", err)
+	}
+	for k := range m {
+		if strings.EqualFold(k, "BGP") {
+			return conf, nil
+		}
+	}
+	bgp := map[string]any{"ASN": NodeASN, "Peers": []map[string]any{{"Address": RouterIP(RouterHost).String(), "ASN": RouterASN}}}
+	if restart > 0 {
+		bgp["GracefulRestartTime"] = int(restart / time.Second)
+	}
+	b, err := json.Marshal(bgp)
+	if err != nil {
+		return "", err
+	}
+	m["BGP"] = b
+	out, err := json.Marshal(m)
+	return string(out), err
 }
 
 // etcdMembers is how many etcd members the cluster runs.
@@ -368,13 +424,17 @@ func (c *Cluster) PrepareNode(seg int) (*Node, error) {
 	}
 	c.Nodes = append(c.Nodes, n)
 	fabricPort := fmt.Sprintf("n%d", i)
+	gateway, gateway6 := segmentRouter(seg), FabricIPv6
+	if len(c.Routers) > 0 && seg == 0 { // a rack's nodes route through their router
+		gateway, gateway6 = c.Routers[0].IP, c.Routers[0].IPv6
+	}
 	if err := runAll(
 		[]string{"ip", "-n", n.NS, "link", "set", "lo", "up"},
 		[]string{"ip", "-n", n.NS, "link", "add", "eth0", "type", "veth", "peer", "name", fabricPort, "netns", c.Fabric},
 		[]string{"ip", "-n", c.Fabric, "link", "set", fabricPort, "master", segmentBridge(seg), "up"},
 		[]string{"ip", "-n", n.NS, "addr", "add", n.IP.String() + "/24", "dev", "eth0"},
 		[]string{"ip", "-n", n.NS, "link", "set", "eth0", "up"},
-		[]string{"ip", "-n", n.NS, "route", "add", "default", "via", segmentRouter(seg).String()},
+		[]string{"ip", "-n", n.NS, "route", "add", "default", "via", gateway.String()},
 	); err != nil {
 		return nil, err
 	}
@@ -382,7 +442,7 @@ func (c *Cluster) PrepareNode(seg int) (*Node, error) {
 		n.IPv6 = netip.AddrFrom16([16]byte{0: 0xfd, 1: 0x18, 15: byte(i)})
 		if err := runAll(
 			[]string{"ip", "-n", n.NS, "addr", "add", n.IPv6.String() + "/64", "dev", "eth0", "nodad"},
-			[]string{"ip", "-n", n.NS, "-6", "route", "add", "default", "via", FabricIPv6.String()},
+			[]string{"ip", "-n", n.NS, "-6", "route", "add", "default", "via", gateway6.String()},
 		); err != nil {
 			return nil, err
 		}
@@ -446,7 +506,7 @@ func (c *Cluster) startWeftd(n *Node) (*process, error) {
 		}
 		args = append(args, "--net-config-path", path)
 	}
-	return c.start(n.NS, n.LogFile, filepath.Join(c.opts.BinDir, "weftd"), args...)
+	return c.startEnv(n.NS, n.LogFile, append(append([]string(nil), c.opts.Env...), n.Env...), filepath.Join(c.opts.BinDir, "weftd"), args...)
 }
 
 // StartWeftd starts weftd on n and waits until it reports ready.
@@ -520,6 +580,22 @@ func (c *Cluster) StopWeftd(n *Node, sig syscall.Signal) int {
 	code := n.weftd.cmd.ProcessState.ExitCode()
 	n.weftd = nil
 	return code
+}
+
+// Subnets reads the node's IPv4 and IPv6 subnets from its subnet.env
+// (invalid for a family the node has none of).
+func (n *Node) Subnets() (v4, v6 netip.Prefix, err error) {
+	env, err := subnet.ReadEnvFile(n.SubnetFile)
+	if err != nil {
+		return netip.Prefix{}, netip.Prefix{}, err
+	}
+	if env.IPv6Subnet.IsValid() {
+		v6 = env.IPv6Subnet.Masked()
+	}
+	if env.Subnet.IsValid() {
+		v4 = env.Subnet.Masked()
+	}
+	return v4, v6, nil
 }
 
 // Subnet reads the node's subnet from its subnet.env.
@@ -617,6 +693,10 @@ func (c *Cluster) Down() {
 	for _, n := range c.Nodes {
 		c.StopWeftd(n, syscall.SIGTERM)
 	}
+	for _, r := range c.Routers {
+		r.Stop()
+	}
+	c.Routers = nil
 	c.StopEtcd()
 	DeleteNamespaces(c.opts.Name)
 	c.Nodes = nil

@@ -13,12 +13,22 @@ import (
 // State is what `weftctl sandbox up` records so that later commands can
 // find a detached cluster again.
 type State struct {
-	Name    string      `json:"name"`
-	Dir     string      `json:"dir"`
-	Fabric  string      `json:"fabric"`
-	Etcd    string      `json:"etcd"`
-	EtcdPID int         `json:"etcdPID"`
-	Nodes   []NodeState `json:"nodes"`
+	Name    string        `json:"name"`
+	Dir     string        `json:"dir"`
+	Fabric  string        `json:"fabric"`
+	Etcd    string        `json:"etcd"`
+	EtcdPID int           `json:"etcdPID"`
+	Nodes   []NodeState   `json:"nodes"`
+	Routers []RouterState `json:"routers,omitempty"`
+}
+
+// RouterState records one upstream router.
+type RouterState struct {
+	Kind    string `json:"kind"`
+	NS      string `json:"netns"`
+	IP      string `json:"ip"`
+	Outside string `json:"outside,omitempty"` // the client's namespace
+	PIDs    []int  `json:"pids"`
 }
 
 // NodeState records one node.
@@ -60,6 +70,9 @@ func (c *Cluster) State() State {
 		}
 		s.Nodes = append(s.Nodes, ns)
 	}
+	for _, r := range c.Routers {
+		s.Routers = append(s.Routers, RouterState{Kind: r.Kind, NS: r.NS, IP: r.IP.String(), Outside: r.Outside, PIDs: r.PIDs()})
+	}
 	return s
 }
 
@@ -91,7 +104,15 @@ func Running(pid int) bool {
 		return false
 	}
 	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	return err == nil && (strings.Contains(string(cmdline), "weftd") || strings.Contains(string(cmdline), "weft-etcd"))
+	if err != nil {
+		return false
+	}
+	for _, prog := range []string{"weftd", "weft-etcd", "bird", "frr/zebra", "frr/bgpd"} {
+		if strings.Contains(string(cmdline), prog) {
+			return true
+		}
+	}
+	return false
 }
 
 // Destroy stops the processes s records and deletes its namespaces and
@@ -100,6 +121,9 @@ func (s State) Destroy() {
 	var pids []int
 	for _, n := range s.Nodes {
 		pids = append(pids, n.WeftdPID)
+	}
+	for _, r := range s.Routers {
+		pids = append(pids, r.PIDs...)
 	}
 	pids = append(pids, s.EtcdPID) // etcd last, as Down does
 	for _, pid := range pids {

@@ -24,6 +24,38 @@ type Status struct {
 	LastSyncErr string    `json:"lastSyncError,omitempty"`
 	SyncErrors  uint64    `json:"syncErrors"`
 	Restarts    uint64    `json:"etcdWatchRestarts"`
+	// BGP is the BGP speaker's state; absent when BGP is off.
+	BGP *BGP `json:"bgp,omitempty"`
+}
+
+// BGP is what the node's BGP speaker does.
+type BGP struct {
+	ASN        uint32     `json:"asn"`
+	RouterID   string     `json:"routerID"`
+	Peers      []BGPPeer  `json:"peers"`
+	Advertised []BGPRoute `json:"advertised"`
+}
+
+// BGPPeer is one session with a router. The password is never reported.
+type BGPPeer struct {
+	Address string `json:"address"`
+	ASN     uint32 `json:"asn"`
+	// State is "established", or where the session is on its way there
+	// ("idle", "connect", "active", "opensent", "openconfirm").
+	State string `json:"state"`
+	// Since is when the session entered State (its uptime when established).
+	Since            time.Time `json:"since"`
+	PrefixesSent     uint64    `json:"prefixesSent"`
+	PrefixesReceived uint64    `json:"prefixesReceived"`
+	// Problem says why the session is not established.
+	Problem string `json:"problem,omitempty"`
+}
+
+// BGPRoute is a route the node advertises, and why.
+type BGPRoute struct {
+	Prefix  string `json:"prefix"`
+	NextHop string `json:"nextHop"`
+	Why     string `json:"why"`
 }
 
 // Peers counts the leases of other nodes by what the backend did with them.
