@@ -21,6 +21,7 @@ import (
 
 	"github.com/osrg/gobgp/v4/api"
 	"github.com/osrg/gobgp/v4/pkg/apiutil"
+	"github.com/osrg/gobgp/v4/pkg/config/oc"
 	"github.com/osrg/gobgp/v4/pkg/packet/bgp"
 	"github.com/osrg/gobgp/v4/pkg/server"
 	"github.com/sirupsen/logrus"
@@ -218,6 +219,12 @@ func (s *Speaker) begin(ctx context.Context) error {
 	}
 	err := s.srv.StartBgp(ctx, &api.StartBgpRequest{Global: &api.Global{
 		Asn: s.cfg.ASN, RouterId: s.cfg.RouterID.String(), ListenPort: port,
+		// Only the families weft speaks: without a list GoBGP makes two
+		// tables for every family it knows, each with 2048 shards (12 MB).
+		Families: []uint32{
+			uint32(oc.AfiSafiTypeToIntMap[oc.AFI_SAFI_TYPE_IPV4_UNICAST]),
+			uint32(oc.AfiSafiTypeToIntMap[oc.AFI_SAFI_TYPE_IPV6_UNICAST]),
+		},
 	}})
 	if err != nil {
 		return fmt.Errorf("starting BGP (AS %d, router ID %s, port %d): %w", s.cfg.ASN, s.cfg.RouterID, s.cfg.ListenPort, err)
