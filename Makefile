@@ -51,6 +51,7 @@ FUZZTIME ?= 30s
 fuzz:
 	$(GO) test ./subnet/ -run '^$$' -fuzz '^FuzzParseConfig$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./subnet/ -run '^$$' -fuzz '^FuzzParseLease$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./service/ -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
 
 ## bench: Go benchmarks of the hot pure code, then the cluster benchmarks
 ## (cold start, bursts, latency, memory, etcd load, data path) written to

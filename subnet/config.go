@@ -33,6 +33,8 @@ type Config struct {
 	// BGP is what every node's BGP speaker does; nil when the cluster
 	// configures none (nodes may still peer by their own flags).
 	BGP *BGP
+	// Services says where services' virtual IPs and node ports come from.
+	Services Services
 	// Raw is the document the configuration was parsed from, kept so that
 	// writing it back preserves keys weft does not know (flannel's).
 	Raw []byte
@@ -117,7 +119,8 @@ var (
 // canonical spelling.
 var knownKeys = canonical("Network", "SubnetLen", "SubnetMin", "SubnetMax",
 	"EnableIPv4", "EnableIPv6", "IPv6Network", "IPv6SubnetLen",
-	"IPv6SubnetMin", "IPv6SubnetMax", "Backend", "BGP")
+	"IPv6SubnetMin", "IPv6SubnetMax", "Backend", "BGP",
+	"ServiceNetwork", "ServiceIPv6Network", "NodePortRange")
 
 var backendKeys = canonical("Type", "VNI", "Port", "GBP", "DirectRouting", "MTU", "Learning")
 
@@ -191,6 +194,9 @@ func ParseConfig(data []byte) (*Config, []string, error) {
 	}
 	cfg.BGP = bgp
 	warnings = append(warnings, bgpw...)
+	if cfg.Services, err = parseServices(obj, cfg); err != nil {
+		return nil, nil, err
+	}
 	return cfg, warnings, nil
 }
 

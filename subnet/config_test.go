@@ -242,3 +242,36 @@ func TestBadBGPConfigNamesTheKey(t *testing.T) {
 		}
 	}
 }
+
+func TestParseServiceNetworks(t *testing.T) {
+	cfg, _, err := ParseConfig([]byte(`{"Network":"100.96.0.0/12","EnableIPv6":true,"IPv6Network":"fd96::/48","ServiceNetwork":"100.64.0.0/16","ServiceIPv6Network":"fd64::/108","NodePortRange":"30000-30100"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := cfg.Services
+	if s.IPv4 != netip.MustParsePrefix("100.64.0.0/16") || s.IPv6 != netip.MustParsePrefix("fd64::/108") || s.NodePortMin != 30000 || s.NodePortMax != 30100 || !s.Enabled() {
+		t.Errorf("services = %+v", s)
+	}
+	cfg, _, _ = ParseConfig([]byte(`{"Network":"100.96.0.0/12"}`))
+	if cfg.Services.Enabled() || cfg.Services.NodePortMin != 30000 || cfg.Services.NodePortMax != 32767 {
+		t.Errorf("without service networks: %+v", cfg.Services)
+	}
+}
+
+func TestBadServiceNetworksNameTheKey(t *testing.T) {
+	for _, tt := range []struct{ keys, want string }{
+		{`"ServiceNetwork":"100.64.0.0"`, `ServiceNetwork "100.64.0.0" is not a valid CIDR`},
+		{`"ServiceNetwork":"fd64::/108"`, `ServiceNetwork "fd64::/108" is not an IPv4 network`},
+		{`"ServiceNetwork":"100.64.0.1/16"`, `has host bits set; did you mean "100.64.0.0/16"?`},
+		{`"ServiceNetwork":"100.64.0.0/31"`, `too small`},
+		{`"ServiceNetwork":"100.96.0.0/16"`, "ServiceNetwork 100.96.0.0/16 overlaps the pod network 100.96.0.0/12"},
+		{`"ServiceIPv6Network":"100.64.0.0/16"`, `ServiceIPv6Network "100.64.0.0/16" is not an IPv6 network`},
+		{`"NodePortRange":"30000"`, `NodePortRange "30000" is not a range of ports`},
+		{`"NodePortRange":"32000-30000"`, `NodePortRange "32000-30000" is not a range of ports`},
+	} {
+		_, _, err := ParseConfig([]byte(`{"Network":"100.96.0.0/12",` + tt.keys + `}`))
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s: err = %v, want %q", tt.keys, err, tt.want)
+		}
+	}
+}

@@ -29,6 +29,9 @@ type Entry[T any] struct {
 	Item        T
 	Err         error // why the value could not be decoded; Item is zero then
 	ModRevision int64
+	// Created is the revision the key was created at: older keys win
+	// conflicts (service/Admit).
+	Created int64
 	// Lease is the etcd lease the key is attached to (0: none).
 	Lease clientv3.LeaseID
 }
@@ -66,7 +69,7 @@ func List[T any](ctx context.Context, cli *clientv3.Client, prefix string, timeo
 		}
 		for _, kv := range resp.Kvs {
 			key := strings.TrimPrefix(string(kv.Key), prefix)
-			e := Entry[T]{Key: key, ModRevision: kv.ModRevision, Lease: clientv3.LeaseID(kv.Lease)}
+			e := Entry[T]{Key: key, ModRevision: kv.ModRevision, Created: kv.CreateRevision, Lease: clientv3.LeaseID(kv.Lease)}
 			e.Item, e.Err = decode(key, kv.Value)
 			l.Entries = append(l.Entries, e)
 		}
@@ -83,6 +86,8 @@ type Event[T any] struct {
 	Key     string
 	Removed bool
 	Item    T
+	// Created is the revision the key was created at.
+	Created int64
 }
 
 // Watcher follows one prefix. Its fields are set before Run.
@@ -186,7 +191,7 @@ func (w *Watcher[T]) follow(ctx context.Context) error {
 				batch = w.invalid(batch, key, err)
 				continue
 			}
-			batch = w.valid(batch, key, item, ev.Kv.ModRevision)
+			batch = w.valid(batch, key, item, ev.Kv.ModRevision, ev.Kv.CreateRevision)
 		}
 		w.rev = resp.Header.Revision
 		if batch != nil {
@@ -211,7 +216,7 @@ func (w *Watcher[T]) relisted(ctx context.Context, listing *Listing[T]) error {
 			batch = w.invalid(batch, e.Key, e.Err)
 			continue
 		}
-		batch = w.valid(batch, e.Key, e.Item, e.ModRevision)
+		batch = w.valid(batch, e.Key, e.Item, e.ModRevision, e.Created)
 	}
 	for key := range w.known {
 		if !present[key] {
@@ -228,13 +233,13 @@ func (w *Watcher[T]) relisted(ctx context.Context, listing *Listing[T]) error {
 	return w.Emit(ctx, batch)
 }
 
-func (w *Watcher[T]) valid(batch []Event[T], key string, item T, rev int64) []Event[T] {
+func (w *Watcher[T]) valid(batch []Event[T], key string, item T, rev, created int64) []Event[T] {
 	w.bad.Forget(key)
 	if w.known[key] == rev {
 		return batch // unchanged since it was emitted
 	}
 	w.known[key] = rev
-	return append(batch, Event[T]{Key: key, Item: item})
+	return append(batch, Event[T]{Key: key, Item: item, Created: created})
 }
 
 // invalid logs a key that cannot be used, once per reason, and withdraws
