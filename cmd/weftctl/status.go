@@ -109,9 +109,32 @@ func printStatus(w io.Writer, st *status.Status, now time.Time) {
 	if st.BGP != nil {
 		row("BGP", fmt.Sprintf("AS %d, router ID %s, %d routes advertised", st.BGP.ASN, st.BGP.RouterID, len(st.BGP.Advertised)))
 	}
+	if sv := st.Services; sv != nil {
+		switch {
+		case !sv.Enabled:
+			row("SERVICES", "off (no ServiceNetwork in the network configuration)")
+		default:
+			last := "never"
+			if !sv.LastChange.IsZero() {
+				last = now.Sub(sv.LastChange).Round(time.Second).String() + " ago"
+			}
+			row("SERVICES", fmt.Sprintf("%d programmed (%d endpoints), %d refused; last change %s", sv.Programmed, sv.Endpoints, len(sv.Refused), last))
+			if sv.LastError != "" {
+				row("SERVICE ERROR", sv.LastError)
+			}
+		}
+	}
 	tw.Flush()
 	if st.BGP != nil {
 		printBGP(w, st.BGP, now)
+	}
+	if st.Services != nil && len(st.Services.Refused) > 0 {
+		fmt.Fprintln(w)
+		fmt.Fprintf(tw, "REFUSED SERVICE\tPROBLEM\n")
+		for _, r := range st.Services.Refused {
+			fmt.Fprintf(tw, "%s\t%s\n", r.Service, r.Problem)
+		}
+		tw.Flush()
 	}
 }
 

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"sync/atomic"
 
@@ -16,10 +18,14 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/weft-net/weft/internal/bgp"
+	"github.com/weft-net/weft/internal/etcdwatch"
 	"github.com/weft-net/weft/internal/kernel"
 	"github.com/weft-net/weft/internal/mailbox"
 	"github.com/weft-net/weft/internal/netmon"
+	"github.com/weft-net/weft/internal/proxy"
 	"github.com/weft-net/weft/internal/reconcile"
+	"github.com/weft-net/weft/service"
+	svcetcd "github.com/weft-net/weft/service/etcd"
 	"github.com/weft-net/weft/subnet"
 	"github.com/weft-net/weft/subnet/etcd"
 )
@@ -30,7 +36,8 @@ import (
 // configuration, external interface, the primary backend's devices, the
 // subnet lease; then the goroutines that keep it all current (see
 // docs/architecture.md): the configuration watch, the lease keeper, the
-// lease watch, the network monitor, the reconciler, and the announcer,
+// lease watch, the network monitor, the reconciler, the service watch and
+// proxy, and the announcer,
 // which installs the nftables table, writes subnet.env and reports ready
 // once the first listing's peers are programmed. On return the kernel
 // state is left as it is, so pods keep working while weftd restarts.
@@ -86,6 +93,8 @@ type daemon struct {
 	rec     atomic.Pointer[reconcile.Reconciler]
 	claim   atomic.Pointer[etcd.Claim]
 	speaker atomic.Pointer[bgp.Speaker] // nil when BGP is off
+	proxy   atomic.Pointer[proxy.Proxy]
+	svcs    atomic.Pointer[svcetcd.Store]
 }
 
 // start brings the node up to the point where its lease is held, then
@@ -176,6 +185,31 @@ func (d *daemon) start(ctx context.Context, g *errgroup.Group) error {
 		out.bgpNode, out.bgpOptions = mailbox.New[bgp.Node](), mailbox.New[bgp.Options]()
 		g.Go(func() error { return sp.Run(ctx, bgp.Inputs{Node: out.bgpNode.C(), Options: out.bgpOptions.C()}) })
 	}
+	svcStore := svcetcd.New(cli, cfg.Prefix, d.log.WithField("component", "services"))
+	d.svcs.Store(svcStore)
+	ct, err := netlinksafe.NewHandle(unix.NETLINK_NETFILTER)
+	if err != nil {
+		return fmt.Errorf("opening netlink (netfilter): %w", err)
+	}
+	d.closers = append(d.closers, ct.Close)
+	px := proxy.New(proxy.Config{
+		Kernel: proxy.NewTable(proxy.BufferedConn(-1)), Network: network, Subnets: leaseSubnets(claim.Lease()),
+		ResyncInterval: cfg.ResyncInterval, Conntrack: &ct, Log: d.log, Metrics: d.metrics,
+	})
+	d.proxy.Store(px)
+	services := make(chan []etcdwatch.Event[service.Definition], 16)
+	out.proxyConfigs = mailbox.New[*subnet.Config]()
+	g.Go(func() error {
+		return svcStore.Watch(ctx, func(ctx context.Context, batch []etcdwatch.Event[service.Definition]) error {
+			select {
+			case services <- batch:
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		})
+	})
+	g.Go(func() error { return px.Run(ctx, proxy.Inputs{Services: services, Configs: out.proxyConfigs.C()}) })
 	g.Go(func() error { return d.watchConfig(ctx, store, network, out) })
 	g.Go(func() error { claim.Keep(ctx); return ctx.Err() })
 	g.Go(func() error { return store.WatchFrom(ctx, network, leases, claim.TakeListing()) })
@@ -185,6 +219,8 @@ func (d *daemon) start(ctx context.Context, g *errgroup.Group) error {
 	return nil
 }
 
+func leaseSubnets(l subnet.Lease) []netip.Prefix { return slices.Collect(l.Subnets) }
+
 // outputs are where the daemon's goroutines send what the others follow.
 type outputs struct {
 	configs chan *subnet.Config // to the reconciler
@@ -192,6 +228,8 @@ type outputs struct {
 	// settings of the cluster's configuration.
 	bgpNode    *mailbox.Mailbox[bgp.Node]
 	bgpOptions *mailbox.Mailbox[bgp.Options]
+	// To the service proxy: every valid configuration.
+	proxyConfigs *mailbox.Mailbox[*subnet.Config]
 }
 
 // checkForwarding turns on IP forwarding for the families the network

@@ -19,7 +19,7 @@ import (
 )
 
 // metrics are weftd's Prometheus metrics, in a registry of their own. It
-// implements reconcile.Metrics.
+// implements reconcile.Metrics and proxy.Metrics.
 type metrics struct {
 	registry       *prometheus.Registry
 	peers          *prometheus.GaugeVec
@@ -28,6 +28,8 @@ type metrics struct {
 	ready          prometheus.Gauge
 	backendInfo    *prometheus.GaugeVec
 	configRejected prometheus.Counter
+	svcDuration    prometheus.Histogram
+	svcErrors      prometheus.Counter
 }
 
 func newMetrics(d *daemon) *metrics {
@@ -44,13 +46,22 @@ func newMetrics(d *daemon) *metrics {
 		ready:          prometheus.NewGauge(prometheus.GaugeOpts{Name: "weft_ready", Help: "1 when the node is ready (subnet.env written, peers programmed)."}),
 		backendInfo:    prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "weft_backend_info", Help: "The backend this node runs (announces in its lease)."}, []string{"type"}),
 		configRejected: prometheus.NewCounter(prometheus.CounterOpts{Name: "weft_config_rejected_total", Help: "Configuration changes that were invalid or cannot be applied to a running node."}),
+		svcDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "weft_service_sync_duration_seconds", Help: "Time to bring the service table (nftables weft-svc) in step with the service definitions.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}),
+		svcErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "weft_service_sync_errors_total", Help: "Service table updates that failed (retried)."}),
 	}
-	restarts := prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "weft_etcd_watch_restarts_total", Help: "Times the lease watch had to be re-established."},
+	restarts := prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "weft_etcd_watch_restarts_total", Help: "Times a watch on etcd (leases, services) had to be re-established."},
 		func() float64 {
+			n := uint64(0)
 			if s := d.store.Load(); s != nil {
-				return float64(s.WatchRestarts())
+				n += s.WatchRestarts()
 			}
-			return 0
+			if s := d.svcs.Load(); s != nil {
+				n += s.WatchRestarts()
+			}
+			return float64(n)
 		})
 	leaseTTL := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "weft_lease_ttl_seconds", Help: "Time left on this node's etcd lease."},
 		func() float64 {
@@ -60,7 +71,7 @@ func newMetrics(d *daemon) *metrics {
 			return 0
 		})
 	m.registry.MustRegister(m.peers, m.syncDuration, m.syncErrors, leaseTTL, m.ready, m.backendInfo, m.configRejected, restarts,
-		bgpCollector{d}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		m.svcDuration, m.svcErrors, bgpCollector{d}, serviceCollector{d}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 
@@ -101,6 +112,46 @@ func (c bgpCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(bgpReceivedDesc, prometheus.GaugeValue, float64(p.PrefixesReceived), p.Address)
 	}
 	ch <- prometheus.MustNewConstMetric(bgpRoutesDesc, prometheus.GaugeValue, float64(len(st.Advertised)))
+}
+
+// serviceCollector reports the service proxy's state at scrape time.
+type serviceCollector struct{ d *daemon }
+
+var (
+	svcCountDesc = prometheus.NewDesc("weft_services",
+		"Service definitions by state: programmed (in this node's table), refused (invalid, or claiming another service's VIP and port or node port).", []string{"state"}, nil)
+	svcEndpointsDesc = prometheus.NewDesc("weft_service_endpoints",
+		"Ready endpoints of the programmed services.", nil, nil)
+	svcChangeDesc = prometheus.NewDesc("weft_service_last_change_timestamp_seconds",
+		"When the last change of services reached the kernel (Unix time).", nil, nil)
+)
+
+func (serviceCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- svcCountDesc
+	ch <- svcEndpointsDesc
+	ch <- svcChangeDesc
+}
+
+func (c serviceCollector) Collect(ch chan<- prometheus.Metric) {
+	px := c.d.proxy.Load()
+	if px == nil {
+		return
+	}
+	st := px.Status()
+	ch <- prometheus.MustNewConstMetric(svcCountDesc, prometheus.GaugeValue, float64(st.Programmed), "programmed")
+	ch <- prometheus.MustNewConstMetric(svcCountDesc, prometheus.GaugeValue, float64(len(st.Refused)), "refused")
+	ch <- prometheus.MustNewConstMetric(svcEndpointsDesc, prometheus.GaugeValue, float64(st.Endpoints))
+	if !st.LastChange.IsZero() {
+		ch <- prometheus.MustNewConstMetric(svcChangeDesc, prometheus.GaugeValue, float64(st.LastChange.UnixNano())/1e9)
+	}
+}
+
+// ObserveServiceSync implements proxy.Metrics.
+func (m *metrics) ObserveServiceSync(d time.Duration, err error) {
+	m.svcDuration.Observe(d.Seconds())
+	if err != nil {
+		m.svcErrors.Inc()
+	}
 }
 
 // SetBackend implements reconcile.Metrics.
@@ -169,6 +220,9 @@ func (d *daemon) status() status.Status {
 	}
 	if sp := d.speaker.Load(); sp != nil {
 		s.BGP = sp.Status()
+	}
+	if px := d.proxy.Load(); px != nil {
+		s.Services = px.Status()
 	}
 	return s
 }

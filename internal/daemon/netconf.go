@@ -99,8 +99,8 @@ func (d *daemon) readNetConfig(ctx context.Context, store *etcd.Store) (*subnet.
 // ConfigMap update swaps a symlink; reading the path follows it.
 const configPollInterval = 2 * time.Second
 
-// watchConfig sends every valid new configuration to the reconciler, and
-// its BGP settings to the speaker, until ctx ends: from --net-config-path
+// watchConfig sends every valid new configuration to the reconciler and
+// the service proxy, and its BGP settings to the speaker, until ctx ends: from --net-config-path
 // by polling the file, else from <prefix>/config by an etcd watch. An
 // invalid document is logged, reported in the status and not sent; whether
 // a valid one can be applied is the reconciler's call (and, for changes of
@@ -133,6 +133,7 @@ func (d *daemon) watchConfig(ctx context.Context, store *etcd.Store, cur *subnet
 			out.bgpOptions.Send(d.bgpOptions(cfg.BGP))
 		}
 		d.board.set(func(b *board) { b.configIssue = issue })
+		out.proxyConfigs.Send(cfg)
 		select {
 		case out.configs <- cfg:
 		case <-ctx.Done():

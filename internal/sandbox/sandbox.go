@@ -216,13 +216,20 @@ func Up(ctx context.Context, opts Options) (c *Cluster, err error) {
 }
 
 // NetConf is the sandbox's net-conf.json: the pod network 100.96.0.0/12
-// (and fd96::/48 with ipv6) with backend.
+// (and fd96::/48 with ipv6) with backend, and services' networks.
 func NetConf(backend string, ipv6 bool) string {
 	if ipv6 {
-		return fmt.Sprintf(`{"Network":"100.96.0.0/12","EnableIPv6":true,"IPv6Network":"fd96::/48","Backend":{"Type":%q}}`, backend)
+		return fmt.Sprintf(`{"Network":"100.96.0.0/12","EnableIPv6":true,"IPv6Network":"fd96::/48","ServiceNetwork":%q,"ServiceIPv6Network":%q,"Backend":{"Type":%q}}`,
+			ServiceNetwork, ServiceIPv6Network, backend)
 	}
-	return fmt.Sprintf(`{"Network":"100.96.0.0/12","Backend":{"Type":%q}}`, backend)
+	return fmt.Sprintf(`{"Network":"100.96.0.0/12","ServiceNetwork":%q,"Backend":{"Type":%q}}`, ServiceNetwork, backend)
 }
+
+// The sandbox's service networks (VIPs are allocated from them).
+const (
+	ServiceNetwork     = "100.64.0.0/16"
+	ServiceIPv6Network = "fd64::/108"
+)
 
 // withBGP adds to conf a BGP object that peers with the sandbox's router,
 // unless conf has one.

@@ -26,6 +26,33 @@ type Status struct {
 	Restarts    uint64    `json:"etcdWatchRestarts"`
 	// BGP is the BGP speaker's state; absent when BGP is off.
 	BGP *BGP `json:"bgp,omitempty"`
+	// Services is what the node programs for services.
+	Services *Services `json:"services,omitempty"`
+}
+
+// Services is what a node's service proxy has programmed.
+type Services struct {
+	// Enabled is false when the network has no ServiceNetwork (nor
+	// ServiceIPv6Network).
+	Enabled  bool     `json:"enabled"`
+	Networks []string `json:"networks,omitempty"`
+	// Programmed counts the services in the node's table, Endpoints their
+	// ready endpoints.
+	Programmed int `json:"programmed"`
+	Endpoints  int `json:"endpoints"`
+	// Refused are definitions that are invalid or claim what another
+	// service holds, and why.
+	Refused []RefusedService `json:"refused,omitempty"`
+	// LastChange is when the last change reached the kernel.
+	LastChange time.Time `json:"lastChange"`
+	// LastError is why the last attempt failed, when it did.
+	LastError string `json:"lastError,omitempty"`
+}
+
+// RefusedService is a service definition the node does not program.
+type RefusedService struct {
+	Service string `json:"service"`
+	Problem string `json:"problem"`
 }
 
 // BGP is what the node's BGP speaker does.

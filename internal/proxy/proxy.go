@@ -1,0 +1,327 @@
+// Package proxy is the one owner of this node's service rules: it follows
+// the service definitions (service/etcd), decides which of them are
+// programmed (service.Validate, service.Admit), works out the rules
+// (Build, rules.go) and keeps the nftables table weft-svc in step (Table,
+// nft.go), as kube-proxy's nftables mode does. Everything here runs on the
+// goroutine of Run; Status is safe for concurrent use.
+package proxy
+
+import (
+	"context"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/weft-net/weft/internal/etcdwatch"
+	"github.com/weft-net/weft/internal/ratelog"
+	"github.com/weft-net/weft/internal/retry"
+	"github.com/weft-net/weft/internal/status"
+	"github.com/weft-net/weft/service"
+	"github.com/weft-net/weft/subnet"
+)
+
+// FullResync is how often the table is rewritten whole, repairing what a
+// check by names cannot see (as kube-proxy's nftables mode, hourly).
+const FullResync = time.Hour
+
+// Kernel is the table the proxy programs (*Table); tests give a fake.
+type Kernel interface {
+	Sync(st *State, localSubnets []netip.Prefix) (int, error)
+	Pending() bool
+	Collect() error
+	Remove() error
+	// Resync makes the next Sync read the kernel and rewrite the table.
+	Resync()
+	// Check says what differs between the kernel and the table ("" when
+	// nothing does).
+	Check() (string, error)
+}
+
+// Metrics is where the proxy reports; internal/daemon implements it with
+// Prometheus.
+type Metrics interface {
+	ObserveServiceSync(d time.Duration, err error)
+}
+
+// Config is what a Proxy starts from.
+type Config struct {
+	Kernel Kernel
+	// Network is the network configuration at start; later ones come in
+	// Inputs.Configs.
+	Network *subnet.Config
+	// Subnets are this node's pod subnets (its lease keeps them while
+	// weftd runs): endpoints in them are local.
+	Subnets []netip.Prefix
+	// ResyncInterval is how often the table's chains and maps are compared
+	// with the kernel's (a changed table is rewritten); it is rewritten
+	// whole every FullResync anyway.
+	ResyncInterval time.Duration
+	// Conntrack deletes the UDP flows of endpoints that went away (nil:
+	// left to expire).
+	Conntrack Conntrack
+	Log       *logrus.Entry
+	Metrics   Metrics
+}
+
+// Inputs are what Run follows.
+type Inputs struct {
+	// Services are batches of service events (service/etcd.Store.Watch):
+	// the first is the whole listing.
+	Services <-chan []etcdwatch.Event[service.Definition]
+	// Configs are new valid network configurations.
+	Configs <-chan *subnet.Config
+}
+
+// Proxy keeps the node's service rules in step with the definitions.
+type Proxy struct {
+	cfg Config
+	log *logrus.Entry
+
+	network *subnet.Config                // owned by Run
+	subnets []netip.Prefix                // set at New
+	defs    map[string]service.Definition // owned by Run: every definition
+	listed  bool                          // owned by Run: the first listing arrived
+	bad     ratelog.Limiter               // owned by Run: refused services, once per reason
+	flows   map[udpFlow]bool              // owned by Run: UDP flows programmed
+
+	status atomic.Pointer[status.Services]
+}
+
+// New returns a proxy; it touches nothing until Run.
+func New(cfg Config) *Proxy {
+	p := &Proxy{cfg: cfg, log: cfg.Log.WithField("component", "services"), network: cfg.Network, subnets: cfg.Subnets, defs: map[string]service.Definition{}}
+	p.status.Store(&status.Services{Enabled: cfg.Network.Services.Enabled()})
+	return p
+}
+
+// Run keeps the table in step until ctx ends. It writes nothing before
+// the first listing of the services has arrived, so a weftd that restarts
+// while etcd is away leaves the rules of its previous run in place; and
+// nothing when ctx ends, so they stay while weftd is down.
+func (p *Proxy) Run(ctx context.Context, in Inputs) error {
+	var (
+		dirty   = false          // definitions or inputs changed since the last sync
+		failed  retry.Backoff    // between failed syncs
+		retryAt <-chan time.Time // the next attempt after a failure
+		collect <-chan time.Time // when to remove what nothing uses any more
+		check   = time.NewTicker(p.cfg.ResyncInterval)
+		rewrite = time.NewTicker(FullResync)
+		removed = false // the table was removed (services off)
+	)
+	defer check.Stop()
+	defer rewrite.Stop()
+	if !p.network.Services.Enabled() {
+		p.off(&removed)
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case batch := <-in.Services:
+			p.apply(batch)
+			dirty = true
+		case cfg := <-in.Configs:
+			dirty = dirty || !sameServices(p.network, cfg)
+			p.network = cfg
+		case <-retryAt:
+			retryAt = nil
+			dirty = true
+		case <-check.C:
+			if !p.listed || retryAt != nil || !p.network.Services.Enabled() {
+				break
+			}
+			drift, err := p.cfg.Kernel.Check()
+			if err == nil && drift == "" {
+				break
+			}
+			p.log.WithError(err).WithField("drift", drift).Warn("the service table differs from what weft wrote; rewriting it")
+			p.cfg.Kernel.Resync()
+			dirty = true
+		case <-rewrite.C:
+			p.cfg.Kernel.Resync()
+			dirty = true
+		case <-collect:
+			collect = nil
+			if err := p.cfg.Kernel.Collect(); err != nil {
+				p.log.WithError(err).Warn("removing unused service rules failed; rewriting the table")
+				dirty = true
+			}
+		}
+		p.drain(in, &dirty)
+		if !dirty || !p.listed || retryAt != nil {
+			if collect == nil && p.cfg.Kernel.Pending() {
+				collect = time.After(staleAfter + 100*time.Millisecond)
+			}
+			continue
+		}
+		dirty = false
+		if !p.network.Services.Enabled() {
+			p.off(&removed)
+			continue
+		}
+		removed = false
+		start := time.Now()
+		err := p.sync()
+		took := time.Since(start)
+		if p.cfg.Metrics != nil {
+			p.cfg.Metrics.ObserveServiceSync(took, err)
+		}
+		if err != nil {
+			p.log.WithError(err).Warn("programming services failed; retrying")
+			retryAt = time.After(failed.Next())
+			p.setError(err)
+			continue
+		}
+		failed.Reset()
+		if collect == nil && p.cfg.Kernel.Pending() {
+			collect = time.After(staleAfter + 100*time.Millisecond)
+		}
+	}
+}
+
+// drain takes whatever else has arrived, so that a burst is one sync.
+func (p *Proxy) drain(in Inputs, dirty *bool) {
+	for {
+		select {
+		case batch := <-in.Services:
+			p.apply(batch)
+			*dirty = true
+		case cfg := <-in.Configs:
+			*dirty = *dirty || !sameServices(p.network, cfg)
+			p.network = cfg
+		default:
+			return
+		}
+	}
+}
+
+// apply records a batch of definitions; the first is the whole listing.
+func (p *Proxy) apply(batch []etcdwatch.Event[service.Definition]) {
+	p.listed = true
+	for _, ev := range batch {
+		if ev.Removed {
+			delete(p.defs, ev.Key)
+			p.bad.Forget(ev.Key)
+			continue
+		}
+		if ev.Item.Service != nil {
+			ev.Item.Service.Created = ev.Created
+		}
+		p.defs[ev.Key] = ev.Item
+	}
+}
+
+// sameServices reports whether two configurations program the same
+// services: the same service and pod networks and node port range.
+func sameServices(a, b *subnet.Config) bool {
+	if a.Services != b.Services || len(a.Pools()) != len(b.Pools()) {
+		return false
+	}
+	for i, pool := range a.Pools() {
+		if pool.Network != b.Pools()[i].Network {
+			return false
+		}
+	}
+	return true
+}
+
+// off removes the table once when services are turned off (no
+// ServiceNetwork and no ServiceIPv6Network).
+func (p *Proxy) off(removed *bool) {
+	if *removed {
+		return
+	}
+	*removed = true
+	if err := p.cfg.Kernel.Remove(); err != nil {
+		p.log.WithError(err).Warn("removing the service table")
+	}
+	p.status.Store(&status.Services{Enabled: false})
+}
+
+// sync programs every valid, admitted service.
+func (p *Proxy) sync() error {
+	valid := make([]*service.Service, 0, len(p.defs))
+	var refused []status.RefusedService
+	for key, def := range p.defs {
+		svc, err := def.Service, def.Err
+		if err == nil {
+			err = svc.Validate(p.network)
+		}
+		if err != nil {
+			refused = append(refused, status.RefusedService{Service: key, Problem: err.Error()})
+			if p.bad.Allow(key, err.Error()) {
+				p.log.WithField("service", key).WithError(err).Warn("ignoring invalid service")
+			}
+			continue
+		}
+		valid = append(valid, svc)
+	}
+	admitted, conflicts := service.Admit(valid)
+	for _, err := range conflicts {
+		c := err.(*service.Conflict)
+		refused = append(refused, status.RefusedService{Service: c.Service, Problem: err.Error()})
+		if p.bad.Allow(c.Service, err.Error()) {
+			p.log.WithField("service", c.Service).WithError(err).Warn("ignoring service: it claims what another holds")
+		}
+	}
+	for key := range p.defs {
+		if !slices.ContainsFunc(refused, func(r status.RefusedService) bool { return r.Service == key }) {
+			p.bad.Forget(key)
+		}
+	}
+	node := &Node{Subnets: p.subnets}
+	for _, pool := range p.network.Pools() {
+		node.PodNetworks = append(node.PodNetworks, pool.Network)
+	}
+	for _, n := range []netip.Prefix{p.network.Services.IPv4, p.network.Services.IPv6} {
+		if n.IsValid() {
+			node.ServiceNetworks = append(node.ServiceNetworks, n)
+		}
+	}
+	st := Build(admitted, node)
+	changed, err := p.cfg.Kernel.Sync(st, p.subnets)
+	if err != nil {
+		return err
+	}
+	flows := udpFlows(admitted)
+	var gone []udpFlow
+	for f := range p.flows {
+		if !flows[f] {
+			gone = append(gone, f)
+		}
+	}
+	p.flows = flows
+	if len(gone) > 0 && p.cfg.Conntrack != nil {
+		if err := forgetFlows(p.cfg.Conntrack, gone); err != nil {
+			p.log.WithError(err).Warn("deleting the conntrack entries of UDP endpoints that went away")
+		}
+	}
+	slices.SortFunc(refused, func(a, b status.RefusedService) int { return strings.Compare(a.Service, b.Service) })
+	prev := p.status.Load()
+	next := &status.Services{
+		Enabled: true, Programmed: st.Services, Endpoints: st.Endpoints, Refused: refused,
+		LastChange: prev.LastChange,
+	}
+	for _, n := range node.ServiceNetworks {
+		next.Networks = append(next.Networks, n.String())
+	}
+	if changed > 0 {
+		next.LastChange = time.Now()
+		p.log.WithFields(logrus.Fields{"services": st.Services, "endpoints": st.Endpoints, "changes": changed}).Debug("services programmed")
+	}
+	p.status.Store(next)
+	return nil
+}
+
+func (p *Proxy) setError(err error) {
+	next := *p.status.Load()
+	next.LastError = err.Error()
+	p.status.Store(&next)
+}
+
+// Status returns what the proxy has programmed.
+func (p *Proxy) Status() *status.Services { return p.status.Load() }
