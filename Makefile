@@ -60,7 +60,7 @@ fuzz:
 ## test-vm (BENCHFLAGS=-skip-vm skips it).
 bench: build
 	scripts/need iperf3 iproute2 nftables qemu-system-x86 busybox-static cpio bird2
-	$(GO) test -run '^$$' -bench . -benchmem ./subnet/ ./backend/... ./internal/kernel/ | tee $(BIN)/microbench.txt
+	$(GO) test -run '^$$' -bench . -benchmem ./subnet/ ./backend/... ./internal/kernel/ ./internal/proxy/ | tee $(BIN)/microbench.txt
 	$(GO) run ./bench -bin $(BIN) -micro $(BIN)/microbench.txt $(BENCHFLAGS)
 
 ## demo: a 3-node cluster in network namespaces, pods through the CNI plugin,

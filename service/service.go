@@ -360,23 +360,37 @@ func famName(a netip.Addr) string {
 // Conflict is a service refused because another holds what it claims.
 type Conflict struct {
 	Service, Other string
-	What           string // "VIP 100.64.0.10 port 80/TCP", "node port 30080/TCP"
+	Claim          Claim
 }
 
 func (c *Conflict) Error() string {
-	return fmt.Sprintf("service %s: %s is already used by %s", c.Service, c.What, c.Other)
+	return fmt.Sprintf("service %s: %s is already used by %s", c.Service, c.Claim, c.Other)
 }
 
-// Claims are the things no two services may share: each VIP and port, and
-// each node port.
-func (s *Service) Claims() []string {
-	var out []string
+// Claim is something no two services may share: a VIP and port, or (VIP
+// invalid) a node port.
+type Claim struct {
+	VIP      netip.Addr
+	Protocol Protocol
+	Port     uint16
+}
+
+func (c Claim) String() string {
+	if !c.VIP.IsValid() {
+		return fmt.Sprintf("node port %d/%s", c.Port, c.Protocol)
+	}
+	return fmt.Sprintf("VIP %s port %d/%s", c.VIP, c.Port, c.Protocol)
+}
+
+// Claims are what s holds: each VIP and port, and each node port.
+func (s *Service) Claims() []Claim {
+	out := make([]Claim, 0, len(s.Ports)*(len(s.VIPs)+1))
 	for _, p := range s.Ports {
 		for _, v := range s.VIPs {
-			out = append(out, fmt.Sprintf("VIP %s port %s", v, p))
+			out = append(out, Claim{VIP: v, Protocol: p.Protocol, Port: p.Port})
 		}
 		if p.NodePort != 0 {
-			out = append(out, fmt.Sprintf("node port %d/%s", p.NodePort, p.Protocol))
+			out = append(out, Claim{Protocol: p.Protocol, Port: p.NodePort})
 		}
 	}
 	return out
@@ -394,14 +408,18 @@ func Admit(all []*Service) (admitted []*Service, refused []error) {
 		if a.Created != b.Created {
 			return cmp.Compare(a.Created, b.Created)
 		}
-		return strings.Compare(a.Key(), b.Key())
+		if c := strings.Compare(a.Namespace, b.Namespace); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Name, b.Name)
 	})
-	owner := map[string]string{}
+	owner := make(map[Claim]*Service, len(sorted))
 	for _, s := range sorted {
+		claims := s.Claims()
 		var conflict error
-		for _, c := range s.Claims() {
-			if o, taken := owner[c]; taken && o != s.Key() {
-				conflict = &Conflict{Service: s.Key(), Other: o, What: c}
+		for _, c := range claims {
+			if o, taken := owner[c]; taken && o != s {
+				conflict = &Conflict{Service: s.Key(), Other: o.Key(), Claim: c}
 				break
 			}
 		}
@@ -409,11 +427,16 @@ func Admit(all []*Service) (admitted []*Service, refused []error) {
 			refused = append(refused, conflict)
 			continue
 		}
-		for _, c := range s.Claims() {
-			owner[c] = s.Key()
+		for _, c := range claims {
+			owner[c] = s
 		}
 		admitted = append(admitted, s)
 	}
-	slices.SortFunc(admitted, func(a, b *Service) int { return strings.Compare(a.Key(), b.Key()) })
+	slices.SortFunc(admitted, func(a, b *Service) int {
+		if c := strings.Compare(a.Namespace, b.Namespace); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Name, b.Name)
+	})
 	return admitted, refused
 }

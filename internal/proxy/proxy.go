@@ -87,13 +87,16 @@ type Proxy struct {
 	listed  bool                          // owned by Run: the first listing arrived
 	bad     ratelog.Limiter               // owned by Run: refused services, once per reason
 	flows   map[udpFlow]bool              // owned by Run: UDP flows programmed
+	checked map[string]error              // owned by Run: Validate's verdict per key
+	parts   map[string]cachedState        // owned by Run: ServiceState per admitted key
 
 	status atomic.Pointer[status.Services]
 }
 
 // New returns a proxy; it touches nothing until Run.
 func New(cfg Config) *Proxy {
-	p := &Proxy{cfg: cfg, log: cfg.Log.WithField("component", "services"), network: cfg.Network, subnets: cfg.Subnets, defs: map[string]service.Definition{}}
+	p := &Proxy{cfg: cfg, log: cfg.Log.WithField("component", "services"), network: cfg.Network, subnets: cfg.Subnets, defs: map[string]service.Definition{},
+		checked: map[string]error{}, parts: map[string]cachedState{}}
 	p.status.Store(&status.Services{Enabled: cfg.Network.Services.Enabled()})
 	return p
 }
@@ -125,8 +128,7 @@ func (p *Proxy) Run(ctx context.Context, in Inputs) error {
 			p.apply(batch)
 			dirty = true
 		case cfg := <-in.Configs:
-			dirty = dirty || !sameServices(p.network, cfg)
-			p.network = cfg
+			dirty = p.setNetwork(cfg) || dirty
 		case <-retryAt:
 			retryAt = nil
 			dirty = true
@@ -191,8 +193,7 @@ func (p *Proxy) drain(in Inputs, dirty *bool) {
 			p.apply(batch)
 			*dirty = true
 		case cfg := <-in.Configs:
-			*dirty = *dirty || !sameServices(p.network, cfg)
-			p.network = cfg
+			*dirty = p.setNetwork(cfg) || *dirty
 		default:
 			return
 		}
@@ -205,6 +206,8 @@ func (p *Proxy) apply(batch []etcdwatch.Event[service.Definition]) {
 	for _, ev := range batch {
 		if ev.Removed {
 			delete(p.defs, ev.Key)
+			delete(p.checked, ev.Key)
+			delete(p.parts, ev.Key)
 			p.bad.Forget(ev.Key)
 			continue
 		}
@@ -212,7 +215,22 @@ func (p *Proxy) apply(batch []etcdwatch.Event[service.Definition]) {
 			ev.Item.Service.Created = ev.Created
 		}
 		p.defs[ev.Key] = ev.Item
+		delete(p.checked, ev.Key)
+		delete(p.parts, ev.Key)
 	}
+}
+
+// setNetwork takes a new network configuration and reports whether it
+// changes what services become (then what was worked out for the old one
+// is forgotten).
+func (p *Proxy) setNetwork(cfg *subnet.Config) bool {
+	same := sameServices(p.network, cfg)
+	p.network = cfg
+	if !same {
+		clear(p.checked)
+		clear(p.parts)
+	}
+	return !same
 }
 
 // sameServices reports whether two configurations program the same
@@ -249,7 +267,11 @@ func (p *Proxy) sync() error {
 	for key, def := range p.defs {
 		svc, err := def.Service, def.Err
 		if err == nil {
-			err = svc.Validate(p.network)
+			var known bool
+			if err, known = p.checked[key]; !known {
+				err = svc.Validate(p.network)
+				p.checked[key] = err
+			}
 		}
 		if err != nil {
 			refused = append(refused, status.RefusedService{Service: key, Problem: err.Error()})
@@ -282,7 +304,16 @@ func (p *Proxy) sync() error {
 			node.ServiceNetworks = append(node.ServiceNetworks, n)
 		}
 	}
-	st := Build(admitted, node)
+	states := make([]*State, len(admitted))
+	for i, svc := range admitted {
+		part, ok := p.parts[svc.Key()]
+		if !ok || part.svc != svc {
+			part = cachedState{svc: svc, st: ServiceState(svc, node)}
+			p.parts[svc.Key()] = part
+		}
+		states[i] = part.st
+	}
+	st := Merge(states, node)
 	changed, err := p.cfg.Kernel.Sync(st, p.subnets)
 	if err != nil {
 		return err
@@ -321,6 +352,12 @@ func (p *Proxy) setError(err error) {
 	next := *p.status.Load()
 	next.LastError = err.Error()
 	p.status.Store(&next)
+}
+
+// cachedState is the part of the table worked out for one definition.
+type cachedState struct {
+	svc *service.Service
+	st  *State
 }
 
 // Status returns what the proxy has programmed.

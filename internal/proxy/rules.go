@@ -240,24 +240,71 @@ func (n *Node) local(a netip.Addr) bool {
 // records the client in a set with a timeout, and clients found in a set
 // go to its endpoint.
 func Build(services []*service.Service, node *Node) *State {
+	parts := make([]*State, len(services))
+	for i, s := range services {
+		parts[i] = ServiceState(s, node)
+	}
+	return Merge(parts, node)
+}
+
+func newState(size int) *State {
 	st := &State{
-		Entries: map[string]string{}, Chains: map[string]*Chain{}, Affinity: map[string]AffinitySet{},
-		ServiceNetworks: node.ServiceNetworks,
+		Entries: make(map[string]string, size), Chains: make(map[string]*Chain, size), Affinity: map[string]AffinitySet{},
 	}
 	for f := range numFamilies {
-		st.ServiceIPs[f] = map[ServiceKey]string{}
+		st.ServiceIPs[f] = make(map[ServiceKey]string, size)
 		st.NodePorts[f] = map[NodePortKey]string{}
 	}
-	for _, s := range services {
-		st.Services++
-		for _, e := range s.Endpoints {
-			if e.IsReady() {
-				st.Endpoints++
-			}
+	return st
+}
+
+// ServiceState is what the table should hold for one service on node
+// (Build's part for s). It depends on nothing else, so the proxy keeps it
+// while s and node stay the same.
+func ServiceState(s *service.Service, node *Node) *State {
+	st := newState(2 * len(s.Ports))
+	st.Services = 1
+	for _, e := range s.Endpoints {
+		if e.IsReady() {
+			st.Endpoints++
 		}
-		for _, p := range s.Ports {
-			for _, vip := range s.VIPs {
-				st.addPort(s, p, vip, node)
+	}
+	for _, p := range s.Ports {
+		for _, vip := range s.VIPs {
+			st.addPort(s, p, vip, node)
+		}
+	}
+	return st
+}
+
+// Merge joins the states of services (ServiceState) into the state of
+// the table on node. The parts are not changed; the result shares their
+// chains.
+func Merge(parts []*State, node *Node) *State {
+	size := 0
+	for _, p := range parts {
+		size += len(p.Chains)
+	}
+	st := newState(size)
+	st.ServiceNetworks = node.ServiceNetworks
+	for _, p := range parts {
+		st.Services += p.Services
+		st.Endpoints += p.Endpoints
+		for k, v := range p.Entries {
+			st.Entries[k] = v
+		}
+		for k, v := range p.Chains {
+			st.Chains[k] = v
+		}
+		for k, v := range p.Affinity {
+			st.Affinity[k] = v
+		}
+		for f := range numFamilies {
+			for k, v := range p.ServiceIPs[f] {
+				st.ServiceIPs[f][k] = v
+			}
+			for k, v := range p.NodePorts[f] {
+				st.NodePorts[f][k] = v
 			}
 		}
 	}
