@@ -36,6 +36,17 @@ func DialIn(ctx context.Context, name, network, addr string) (net.Conn, error) {
 	return conn, err
 }
 
+// InNetNS runs f on a thread switched into namespace name; sockets f
+// makes belong to that namespace from then on.
+func InNetNS(name string, f func() error) error {
+	n, err := ns.GetNS(filepath.Join("/run/netns", name))
+	if err != nil {
+		return err
+	}
+	defer n.Close()
+	return n.Do(func(ns.NetNS) error { return f() })
+}
+
 // healthClient talks to a weftd's health server inside namespace name.
 func healthClient(name string) *http.Client {
 	return &http.Client{
