@@ -39,6 +39,7 @@ func main() {
 	skipVM := flag.Bool("skip-vm", false, "skip the ipip data path, measured in a QEMU VM (e2e/vm/run.sh)")
 	vmIPIP := flag.Bool("vm-ipip", false, "measure the ipip data path only and print it (what the VM runs)")
 	skipBGP := flag.Bool("skip-bgp", false, "skip the BGP measurements (they need BIRD: Debian's bird2)")
+	skipServices := flag.Bool("skip-services", false, "skip the service measurements")
 	micro := flag.String("micro", "", "output of the Go microbenchmarks to include in the report")
 	flag.Parse()
 	if os.Geteuid() != 0 {
@@ -95,6 +96,21 @@ func main() {
 			log.Fatalf("50 nodes peering with BIRD: %v", err)
 		}
 		log.Printf("50 nodes peering with BIRD: %v", r.BGP.Fifty)
+	}
+	if !*skipServices {
+		res, err := servicesBench(ctx, bin, 1000, 10)
+		if err != nil {
+			log.Fatalf("services: %v", err)
+		}
+		med, largest := medianMax(res.Change)
+		log.Printf("services: %d x %d endpoints cold %v (sync %v); endpoint change median %v, max %v", res.N, res.Endpoints, res.Cold, res.Sync, med, largest)
+		if res.PerConn, err = perConnection([]int{10, 1000, 10000}); err != nil {
+			log.Fatalf("services, cost per connection: %v", err)
+		}
+		for _, pc := range res.PerConn {
+			log.Printf("services: %d: new connection %v (verdict map), %v (linear chain)", pc.Services, pc.Map, pc.Linear)
+		}
+		r.Services = &res
 	}
 	if r.Burst, err = burstAndLatency(ctx, bin, 5000); err != nil {
 		log.Fatalf("burst: %v", err)

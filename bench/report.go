@@ -18,10 +18,13 @@ type report struct {
 	DataPath []pathResult
 	IPIP     *pathResult // measured in the VM; nil if skipped
 	BGP      bgpResult   // zero if skipped
-	Micro    string      // go test -bench output
+	Services *servicesResult
+	Micro    string // go test -bench output
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }
+
+func us(d time.Duration) string { return fmt.Sprintf("%d µs", d.Microseconds()) }
 
 func verdict(ok bool) string {
 	if ok {
@@ -88,6 +91,32 @@ func (r *report) markdown(pngPath string) string {
 		p("")
 		p("50 nodes started at once, each peering with one BIRD: %.1f s from the start until the", b.Fifty.Seconds())
 		p("router's kernel table holds all 50 pod subnets, each via its node.")
+		p("")
+	}
+	if sv := r.Services; sv != nil {
+		med, largest := medianMax(sv.Change)
+		p("## Services")
+		p("")
+		p("One node, etcd holding %d services with %d endpoints each (one TCP port, traffic policy", sv.N, sv.Endpoints)
+		p("Cluster): from starting weftd until its status reports them all programmed: **%s**", ms(sv.Cold))
+		p("(target ≤ 1 s: %s), of which the proxy's one transaction into the kernel took %s.", verdict(sv.Cold <= time.Second), ms(sv.Sync))
+		p("")
+		p("One endpoint of one of those services changed, %d times, from writing the service to etcd", len(sv.Change))
+		p("until the kernel announces the committed nftables transaction (a multicast listener in")
+		p("the node's namespace): median **%s**, worst %s (target ≤ 20 ms median: %s). weftd's", ms(med), ms(largest), verdict(med <= 20*time.Millisecond))
+		p("resident set afterwards: %.1f MB (%.1f MB of it the binary's pages).", sv.RSSMB, sv.RSSFB)
+		p("")
+		p("Cost of a new connection: TCP handshakes from a client namespace to the VIP of the")
+		p("last-defined service, DNATed by the node in between to an endpoint namespace (3,000")
+		p("connections after 200 to warm up). weft's table looks the VIP up in a verdict map; the")
+		p("comparison is the same services as a linear chain of one DNAT rule each, typed in with")
+		p("`nft` (kube-proxy's iptables layout), in the same run:")
+		p("")
+		p("| services | weft (verdict map): median / p90 | linear chain: median / p90 |")
+		p("|---|---|---|")
+		for _, pc := range sv.PerConn {
+			p("| %d | %s / %s | %s / %s |", pc.Services, us(pc.Map), us(pc.MapP90), us(pc.Linear), us(pc.LinP90))
+		}
 		p("")
 	}
 	p("## Incremental")
