@@ -96,6 +96,11 @@ func main() {
 			log.Fatalf("50 nodes peering with BIRD: %v", err)
 		}
 		log.Printf("50 nodes peering with BIRD: %v", r.BGP.Fifty)
+		r.BGP.VIPCount, r.BGP.VIPNodes = 1000, 3
+		if r.BGP.VIPs, err = vipsToBIRD(ctx, bin, r.BGP.VIPCount, r.BGP.VIPNodes); err != nil {
+			log.Fatalf("%d VIPs from %d nodes to BIRD: %v", r.BGP.VIPCount, r.BGP.VIPNodes, err)
+		}
+		log.Printf("%d VIPs from %d nodes to BIRD: %v", r.BGP.VIPCount, r.BGP.VIPNodes, r.BGP.VIPs)
 	}
 	if !*skipServices {
 		res, err := servicesBench(ctx, bin, 1000, 10)

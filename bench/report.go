@@ -92,6 +92,12 @@ func (r *report) markdown(pngPath string) string {
 		p("50 nodes started at once, each peering with one BIRD: %.1f s from the start until the", b.Fifty.Seconds())
 		p("router's kernel table holds all 50 pod subnets, each via its node.")
 		p("")
+		if b.VIPs > 0 {
+			p("%d services with traffic policy Cluster written to etcd (in transactions of 100) while %d nodes", b.VIPCount, b.VIPNodes)
+			p("peer with BIRD: %.2f s from the first write until the router's kernel holds every VIP as", b.VIPs.Seconds())
+			p("one multipath route via all %d nodes.", b.VIPNodes)
+			p("")
+		}
 	}
 	if sv := r.Services; sv != nil {
 		med, largest := medianMax(sv.Change)

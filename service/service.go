@@ -39,6 +39,12 @@ type Service struct {
 	// AffinityTimeoutSeconds, when set, sends a client (by address) to
 	// the same endpoint until it has made no new connection for that long.
 	AffinityTimeoutSeconds int `json:"affinityTimeoutSeconds,omitempty"`
+	// Advertise, when set, says whether nodes announce the VIPs over BGP,
+	// whatever BGP.AdvertiseServiceVIPs says.
+	Advertise *bool `json:"advertise,omitempty"`
+	// Communities go on the VIPs' BGP routes, besides the cluster's
+	// ("ASN:VALUE").
+	Communities []string `json:"communities,omitempty"`
 	// Created is the etcd revision the definition was created at (0 when
 	// not known): of two services that claim the same VIP and port, the
 	// older keeps it (Admit).
@@ -175,8 +181,10 @@ type wire struct {
 		Address string `json:"address"`
 		Ready   *bool  `json:"ready,omitempty"`
 	} `json:"endpoints"`
-	TrafficPolicy          Policy `json:"trafficPolicy"`
-	AffinityTimeoutSeconds int    `json:"affinityTimeoutSeconds,omitempty"`
+	TrafficPolicy          Policy   `json:"trafficPolicy"`
+	AffinityTimeoutSeconds int      `json:"affinityTimeoutSeconds,omitempty"`
+	Advertise              *bool    `json:"advertise,omitempty"`
+	Communities            []string `json:"communities,omitempty"`
 }
 
 // Parse decodes a definition from its key (NAMESPACE/NAME) and value. It
@@ -195,7 +203,8 @@ func Parse(key string, value []byte) (*Service, error) {
 	if err := dec.Decode(&w); err != nil {
 		return nil, fmt.Errorf("service %s: %w", key, describeJSON(err))
 	}
-	s := &Service{Namespace: ns, Name: name, TrafficPolicy: w.TrafficPolicy, AffinityTimeoutSeconds: w.AffinityTimeoutSeconds}
+	s := &Service{Namespace: ns, Name: name, TrafficPolicy: w.TrafficPolicy, AffinityTimeoutSeconds: w.AffinityTimeoutSeconds,
+		Advertise: w.Advertise, Communities: w.Communities}
 	for i, p := range w.Ports {
 		for _, f := range []struct {
 			name string
@@ -244,6 +253,17 @@ func describeJSON(err error) error {
 func (s *Service) Marshal() []byte {
 	b, _ := json.Marshal(s)
 	return b
+}
+
+// BGPCommunities are the service's communities; it must be valid.
+func (s *Service) BGPCommunities() []subnet.Community {
+	out := make([]subnet.Community, 0, len(s.Communities))
+	for _, c := range s.Communities {
+		if v, err := subnet.ParseCommunity(c); err == nil {
+			out = append(out, v)
+		}
+	}
+	return out
 }
 
 // ValidationError is a definition weft refuses; Field names the field
@@ -343,6 +363,11 @@ func (s *Service) Validate(cfg *subnet.Config) error {
 	case Cluster, Local:
 	default:
 		return bad("trafficPolicy", "%q is unknown; use Cluster or Local", s.TrafficPolicy)
+	}
+	for i, c := range s.Communities {
+		if _, err := subnet.ParseCommunity(c); err != nil {
+			return bad(fmt.Sprintf("communities[%d]", i), "%v", err)
+		}
 	}
 	if s.AffinityTimeoutSeconds < 0 || s.AffinityTimeoutSeconds > 86400 {
 		return bad("affinityTimeoutSeconds", "%d is out of range; use 1 to 86400 (0 or absent: no affinity)", s.AffinityTimeoutSeconds)

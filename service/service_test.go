@@ -53,6 +53,8 @@ func TestBadDefinitionsNameTheField(t *testing.T) {
 		{"default/web", `{"vips":["100.64.0.1"],"ports":[{"protocol":"TCP","port":80}],"trafficPolicy":"Nearest"}`, `trafficPolicy "Nearest" is unknown; use Cluster or Local`},
 		{"default/web", `{"vips":["100.64.0.1"],"ports":[{"protocol":"TCP","port":80}],"affinityTimeoutSeconds":-1}`, "affinityTimeoutSeconds -1 is out of range"},
 		{"default/web", `{"vips":["100.64.0.1"],"ports":[{"protocol":"TCP","port":80}],"colour":"red"}`, `unknown field "colour"`},
+		{"default/web", `{"vips":["100.64.0.1"],"ports":[{"protocol":"TCP","port":80}],"communities":["64512"]}`, `communities[0] "64512" is not a community`},
+		{"default/web", `{"vips":["100.64.0.1"],"ports":[{"protocol":"TCP","port":80}],"advertise":"yes"}`, `advertise: string where bool was expected`},
 		{"default/web", `{"vips":`, "not valid JSON"},
 		{"Default/web", `{}`, `namespace "Default" is not a DNS label`},
 		{"default", `{}`, `"default" is not NAMESPACE/NAME`},

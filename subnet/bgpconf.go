@@ -26,6 +26,16 @@ type BGP struct {
 	GracefulRestartTime time.Duration
 	// AdvertisePodSubnets announces each node's pod subnets (default true).
 	AdvertisePodSubnets bool
+	// AdvertiseServiceVIPs announces services' VIPs (default true): a
+	// service with traffic policy Cluster from every node, Local from the
+	// nodes with a ready endpoint. A service may say otherwise.
+	AdvertiseServiceVIPs bool
+	// ServiceCommunities go on VIP routes, besides Communities.
+	ServiceCommunities []Community
+	// AggregateServiceNetwork announces each service network as one route
+	// from every node instead of a route per Cluster VIP (Local VIPs are
+	// still announced alone, from the nodes with an endpoint).
+	AggregateServiceNetwork bool
 }
 
 // BGPPeer is a router to peer with.
@@ -69,10 +79,13 @@ func (b *BGP) Equal(o *BGP) bool {
 		return b == o
 	}
 	return b.ASN == o.ASN && slices.Equal(b.Peers, o.Peers) && slices.Equal(b.Communities, o.Communities) &&
-		b.GracefulRestartTime == o.GracefulRestartTime && b.AdvertisePodSubnets == o.AdvertisePodSubnets
+		b.GracefulRestartTime == o.GracefulRestartTime && b.AdvertisePodSubnets == o.AdvertisePodSubnets &&
+		b.AdvertiseServiceVIPs == o.AdvertiseServiceVIPs && slices.Equal(b.ServiceCommunities, o.ServiceCommunities) &&
+		b.AggregateServiceNetwork == o.AggregateServiceNetwork
 }
 
-var bgpKeys = canonical("ASN", "Peers", "Communities", "GracefulRestartTime", "AdvertisePodSubnets")
+var bgpKeys = canonical("ASN", "Peers", "Communities", "GracefulRestartTime", "AdvertisePodSubnets",
+	"AdvertiseServiceVIPs", "ServiceCommunities", "AggregateServiceNetwork")
 
 var bgpPeerKeys = canonical("Address", "ASN", "Port")
 
@@ -102,7 +115,7 @@ func parseBGP(raw json.RawMessage) (*BGP, []string, error) {
 	for _, k := range obj.unknown {
 		warnings = append(warnings, fmt.Sprintf("net-conf.json key \"BGP.%s\" is not used by weft; ignoring it", k))
 	}
-	b := &BGP{ASN: DefaultBGPASN, GracefulRestartTime: DefaultGracefulRestartTime, AdvertisePodSubnets: true}
+	b := &BGP{ASN: DefaultBGPASN, GracefulRestartTime: DefaultGracefulRestartTime, AdvertisePodSubnets: true, AdvertiseServiceVIPs: true}
 	if b.ASN, err = obj.asn("ASN", DefaultBGPASN); err != nil {
 		return nil, nil, err
 	}
@@ -117,18 +130,17 @@ func parseBGP(raw json.RawMessage) (*BGP, []string, error) {
 	if b.AdvertisePodSubnets, err = obj.boolean("AdvertisePodSubnets", true); err != nil {
 		return nil, nil, err
 	}
-	if raw, ok := obj.fields["Communities"]; ok && string(raw) != "null" {
-		var list []string
-		if err := json.Unmarshal(raw, &list); err != nil {
-			return nil, nil, configErr("BGP.Communities", "BGP.Communities %s must be a list of strings such as [\"64512:100\"]", raw)
-		}
-		for i, s := range list {
-			c, err := ParseCommunity(s)
-			if err != nil {
-				return nil, nil, configErr("BGP.Communities", "BGP.Communities[%d] %v", i, err)
-			}
-			b.Communities = append(b.Communities, c)
-		}
+	if b.AdvertiseServiceVIPs, err = obj.boolean("AdvertiseServiceVIPs", true); err != nil {
+		return nil, nil, err
+	}
+	if b.AggregateServiceNetwork, err = obj.boolean("AggregateServiceNetwork", false); err != nil {
+		return nil, nil, err
+	}
+	if b.Communities, err = obj.communities("Communities"); err != nil {
+		return nil, nil, err
+	}
+	if b.ServiceCommunities, err = obj.communities("ServiceCommunities"); err != nil {
+		return nil, nil, err
 	}
 	if raw, ok := obj.fields["Peers"]; ok && string(raw) != "null" {
 		var list []json.RawMessage
@@ -186,6 +198,27 @@ func parseBGPPeer(path string, raw json.RawMessage) (BGPPeer, error) {
 	}
 	p.Port = uint16(port)
 	return p, nil
+}
+
+// communities reads a list of communities ("ASN:VALUE").
+func (o *object) communities(key string) ([]Community, error) {
+	raw, ok := o.fields[key]
+	if !ok || string(raw) == "null" {
+		return nil, nil
+	}
+	var list []string
+	if err := json.Unmarshal(raw, &list); err != nil {
+		return nil, configErr(o.path+key, "%s%s %s must be a list of strings such as [\"64512:100\"]", o.path, key, raw)
+	}
+	var out []Community
+	for i, s := range list {
+		c, err := ParseCommunity(s)
+		if err != nil {
+			return nil, configErr(o.path+key, "%s%s[%d] %v", o.path, key, i, err)
+		}
+		out = append(out, c)
+	}
+	return out, nil
 }
 
 // asn reads an AS number, which may be larger than integer allows.

@@ -181,7 +181,7 @@ func FuzzParseConfig(f *testing.F) {
 }
 
 func TestParseBGP(t *testing.T) {
-	cfg, warnings, err := ParseConfig([]byte(`{"Network":"100.96.0.0/12","BGP":{"ASN":4200000001,"Peers":[{"Address":"198.18.0.253","ASN":64500},{"Address":"fd18::fd","ASN":64500,"Port":1179}],"Communities":["64512:100"],"GracefulRestartTime":30,"AdvertisePodSubnets":false,"Bogus":1}}`))
+	cfg, warnings, err := ParseConfig([]byte(`{"Network":"100.96.0.0/12","BGP":{"ASN":4200000001,"Peers":[{"Address":"198.18.0.253","ASN":64500},{"Address":"fd18::fd","ASN":64500,"Port":1179}],"Communities":["64512:100"],"GracefulRestartTime":30,"AdvertisePodSubnets":false,"ServiceCommunities":["64512:200"],"AggregateServiceNetwork":true,"Bogus":1}}`))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -192,7 +192,8 @@ func TestParseBGP(t *testing.T) {
 			{Address: netip.MustParseAddr("198.18.0.253"), ASN: 64500, Port: 179},
 			{Address: netip.MustParseAddr("fd18::fd"), ASN: 64500, Port: 1179},
 		},
-		Communities: []Community{64512<<16 | 100},
+		Communities: []Community{64512<<16 | 100}, ServiceCommunities: []Community{64512<<16 | 200},
+		AdvertiseServiceVIPs: true, AggregateServiceNetwork: true,
 	}
 	if !b.Equal(want) {
 		t.Errorf("BGP = %+v, want %+v", b, want)
@@ -205,7 +206,7 @@ func TestParseBGP(t *testing.T) {
 	}
 
 	cfg, _, err = ParseConfig([]byte(`{"Network":"100.96.0.0/12","BGP":{}}`))
-	if err != nil || cfg.BGP.ASN != 64512 || cfg.BGP.GracefulRestartTime != 120*time.Second || !cfg.BGP.AdvertisePodSubnets {
+	if err != nil || cfg.BGP.ASN != 64512 || cfg.BGP.GracefulRestartTime != 120*time.Second || !cfg.BGP.AdvertisePodSubnets || !cfg.BGP.AdvertiseServiceVIPs || cfg.BGP.AggregateServiceNetwork {
 		t.Errorf("defaults: %+v, %v", cfg.BGP, err)
 	}
 	if cfg, _, _ := ParseConfig([]byte(`{"Network":"100.96.0.0/12"}`)); cfg.BGP != nil {
@@ -230,6 +231,8 @@ func TestBadBGPConfigNamesTheKey(t *testing.T) {
 		{`{"Communities":["64512:70000"]}`, `BGP.Communities[0] "64512:70000" is not a community`},
 		{`{"GracefulRestartTime":5000}`, "BGP.GracefulRestartTime 5000 is out of range; use 1 to 4095"},
 		{`{"AdvertisePodSubnets":"yes"}`, `BGP.AdvertisePodSubnets "yes" must be true or false`},
+		{`{"AdvertiseServiceVIPs":1}`, `BGP.AdvertiseServiceVIPs 1 must be true or false`},
+		{`{"ServiceCommunities":["64512:x"]}`, `BGP.ServiceCommunities[0] "64512:x" is not a community`},
 		{`[]`, "BGP must be a JSON object"},
 	} {
 		_, _, err := ParseConfig([]byte(`{"Network":"100.96.0.0/12","BGP":` + tt.bgp + `}`))

@@ -45,6 +45,8 @@ func serviceCommand() *cli.Command {
 					&cli.StringSliceFlag{Name: "endpoint", Usage: "pod address (repeatable)"},
 					&cli.StringFlag{Name: "traffic-policy", Value: string(service.Cluster), Usage: "Cluster or Local"},
 					&cli.DurationFlag{Name: "affinity", Usage: "session affinity by client address, e.g. 3h (default: none)"},
+					&cli.BoolFlag{Name: "advertise", Usage: "announce the VIPs over BGP (default: the network's BGP.AdvertiseServiceVIPs); --advertise=false keeps this service off BGP"},
+					&cli.StringSliceFlag{Name: "community", Usage: "BGP community on the VIPs' routes, ASN:VALUE (repeatable)"},
 					&cli.BoolFlag{Name: "replace", Usage: "replace the service if it exists"},
 				},
 				Action: func(c *cli.Context) error {
@@ -219,10 +221,13 @@ type listed struct {
 	Endpoints              []service.Endpoint `json:"endpoints"`
 	TrafficPolicy          service.Policy     `json:"trafficPolicy"`
 	AffinityTimeoutSeconds int                `json:"affinityTimeoutSeconds,omitempty"`
+	Advertise              *bool              `json:"advertise,omitempty"`
+	Communities            []string           `json:"communities,omitempty"`
 }
 
 func toListed(s *service.Service) listed {
-	l := listed{Name: s.Key(), VIPs: s.VIPs, Ports: s.Ports, Endpoints: s.Endpoints, TrafficPolicy: s.TrafficPolicy, AffinityTimeoutSeconds: s.AffinityTimeoutSeconds}
+	l := listed{Name: s.Key(), VIPs: s.VIPs, Ports: s.Ports, Endpoints: s.Endpoints, TrafficPolicy: s.TrafficPolicy, AffinityTimeoutSeconds: s.AffinityTimeoutSeconds,
+		Advertise: s.Advertise, Communities: s.Communities}
 	if l.Endpoints == nil {
 		l.Endpoints = []service.Endpoint{}
 	}
@@ -322,6 +327,11 @@ func serviceFromFlags(c *cli.Context, ns, name string) (*service.Service, error)
 		}
 		svc.VIPs = append(svc.VIPs, ip)
 	}
+	if c.IsSet("advertise") {
+		adv := c.Bool("advertise")
+		svc.Advertise = &adv
+	}
+	svc.Communities = c.StringSlice("community")
 	for _, s := range c.StringSlice("endpoint") {
 		ip, err := netip.ParseAddr(s)
 		if err != nil {

@@ -60,6 +60,7 @@ func TestServiceVerbs(t *testing.T) {
 		{[]string{"default/a", "--port", "80", "--traffic-policy", "Nearest"}, `trafficPolicy "Nearest" is unknown; use Cluster or Local`},
 		{[]string{"Default/a", "--port", "80"}, `namespace "Default" is not a DNS label`},
 		{[]string{"default/web", "--port", "81"}, "service default/web exists"},
+		{[]string{"default/a", "--port", "80", "--community", "64512:100000"}, `communities[0] "64512:100000" is not a community`},
 	} {
 		r := weftctl(t, ep, "", append([]string{"service", "add"}, tc.args...)...)
 		if r.code != 2 || !strings.Contains(r.stderr, tc.want) || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 {

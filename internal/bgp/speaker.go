@@ -98,6 +98,9 @@ func (r Route) same(o Route) bool {
 	return r.Prefix == o.Prefix && r.NextHop == o.NextHop && slices.Equal(r.Communities, o.Communities)
 }
 
+// vipWait is how long Run waits for the first service routes.
+const vipWait = 10 * time.Second
+
 // Inputs are what Run follows; each sends the whole new value when it
 // changes.
 type Inputs struct {
@@ -105,6 +108,19 @@ type Inputs struct {
 	Node <-chan Node
 	// Options are the settings of the cluster's configuration.
 	Options <-chan Options
+	// VIPs are the service routes to advertise (internal/proxy decides
+	// which); nil when there are none.
+	VIPs <-chan []VIP
+}
+
+// VIP is a service route: a VIP (/32, /128) or a whole service network,
+// advertised with this node's address of its family as next hop.
+type VIP struct {
+	Prefix netip.Prefix
+	// Communities go on the route besides Options.Communities.
+	Communities []uint32
+	// Why says why this node advertises it, for the status.
+	Why string
 }
 
 // Speaker is this node's BGP speaker. Run is its goroutine; Status is safe
@@ -115,6 +131,7 @@ type Speaker struct {
 
 	srv   *server.BgpServer      // owned by Run
 	node  Node                   // owned by Run
+	vips  []VIP                  // owned by Run
 	opts  Options                // owned by Run
 	held  map[netip.Prefix]Route // owned by Run: advertised
 	conf  map[netip.Addr]Peer    // owned by Run: configured
@@ -148,8 +165,8 @@ func New(cfg Config, opts Options) *Speaker {
 	}
 }
 
-// Run runs the speaker until ctx ends. It waits for this node's lease,
-// starts GoBGP, advertises the node's routes, and only then adds the peers
+// Run runs the speaker until ctx ends. It waits for this node's lease and
+// (up to vipWait) its first service routes, starts GoBGP, advertises the node's routes, and only then adds the peers
 // (as a restarting speaker, so routers that kept this node's routes keep
 // them); afterwards it follows in. When ctx ends it stops without a
 // NOTIFICATION, so that routers keep the routes for the graceful-restart
@@ -159,6 +176,18 @@ func (s *Speaker) Run(ctx context.Context, in Inputs) error {
 	case s.node = <-in.Node:
 	case <-ctx.Done():
 		return ctx.Err()
+	}
+	// Routers that kept this node's routes over a restart drop those not
+	// sent again before the End-of-RIB: wait (a little) for the service
+	// routes too, which come once the services are read.
+	if in.VIPs != nil {
+		select {
+		case s.vips = <-in.VIPs:
+		case <-time.After(vipWait):
+			s.log.Warnf("starting BGP without service routes: none came within %v", vipWait)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
 	if err := s.start(ctx); err != nil {
 		return err
@@ -187,6 +216,8 @@ func (s *Speaker) Run(ctx context.Context, in Inputs) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		case s.node = <-in.Node:
+			s.advertise(s.routes())
+		case s.vips = <-in.VIPs:
 			s.advertise(s.routes())
 		case s.opts = <-in.Options:
 			s.advertise(s.routes())
@@ -267,19 +298,31 @@ func (s *Speaker) shutdown() {
 // routes are the routes this node should advertise now.
 func (s *Speaker) routes() []Route {
 	var routes []Route
-	if !s.opts.PodSubnets {
-		return nil
-	}
-	for _, sn := range s.node.Subnets {
+	nextHop := func(p netip.Prefix) (netip.Addr, bool) {
 		nh := s.node.PublicIP
-		if sn.Addr().Is6() {
+		if p.Addr().Is6() {
 			nh = s.node.PublicIPv6
 		}
 		if !nh.IsValid() {
-			s.warn.Warn(s.log.WithField("prefix", sn), sn.String(), "not advertising the pod subnet: this node has no public address of its family for a next hop")
-			continue
+			s.warn.Warn(s.log.WithField("prefix", p), p.String(), "not advertising "+p.String()+": this node has no public address of its family for a next hop")
 		}
-		routes = append(routes, Route{Prefix: sn, NextHop: nh, Communities: s.opts.Communities, Why: "pod subnet of this node"})
+		return nh, nh.IsValid()
+	}
+	if s.opts.PodSubnets {
+		for _, sn := range s.node.Subnets {
+			if nh, ok := nextHop(sn); ok {
+				routes = append(routes, Route{Prefix: sn, NextHop: nh, Communities: s.opts.Communities, Why: "pod subnet of this node"})
+			}
+		}
+	}
+	for _, v := range s.vips {
+		if nh, ok := nextHop(v.Prefix); ok {
+			comms := s.opts.Communities
+			if len(v.Communities) > 0 {
+				comms = append(slices.Clone(comms), v.Communities...)
+			}
+			routes = append(routes, Route{Prefix: v.Prefix, NextHop: nh, Communities: comms, Why: v.Why})
+		}
 	}
 	return routes
 }

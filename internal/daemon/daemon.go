@@ -182,8 +182,10 @@ func (d *daemon) start(ctx context.Context, g *errgroup.Group) error {
 	if bgpOn {
 		sp := bgp.New(bgpCfg, bgpOpts)
 		d.speaker.Store(sp)
-		out.bgpNode, out.bgpOptions = mailbox.New[bgp.Node](), mailbox.New[bgp.Options]()
-		g.Go(func() error { return sp.Run(ctx, bgp.Inputs{Node: out.bgpNode.C(), Options: out.bgpOptions.C()}) })
+		out.bgpNode, out.bgpOptions, out.bgpVIPs = mailbox.New[bgp.Node](), mailbox.New[bgp.Options](), mailbox.New[[]bgp.VIP]()
+		g.Go(func() error {
+			return sp.Run(ctx, bgp.Inputs{Node: out.bgpNode.C(), Options: out.bgpOptions.C(), VIPs: out.bgpVIPs.C()})
+		})
 	}
 	svcStore := svcetcd.New(cli, cfg.Prefix, d.log.WithField("component", "services"))
 	d.svcs.Store(svcStore)
@@ -192,10 +194,14 @@ func (d *daemon) start(ctx context.Context, g *errgroup.Group) error {
 		return fmt.Errorf("opening netlink (netfilter): %w", err)
 	}
 	d.closers = append(d.closers, ct.Close)
-	px := proxy.New(proxy.Config{
+	pcfg := proxy.Config{
 		Kernel: proxy.NewTable(proxy.BufferedConn(-1)), Network: network, Subnets: leaseSubnets(claim.Lease()),
 		ResyncInterval: cfg.ResyncInterval, Conntrack: &ct, Log: d.log, Metrics: d.metrics,
-	})
+	}
+	if out.bgpVIPs != nil {
+		pcfg.Advertise = out.bgpVIPs.Send
+	}
+	px := proxy.New(pcfg)
 	d.proxy.Store(px)
 	services := make(chan []etcdwatch.Event[service.Definition], 16)
 	out.proxyConfigs = mailbox.New[*subnet.Config]()
@@ -228,6 +234,8 @@ type outputs struct {
 	// settings of the cluster's configuration.
 	bgpNode    *mailbox.Mailbox[bgp.Node]
 	bgpOptions *mailbox.Mailbox[bgp.Options]
+	// From the service proxy to the BGP speaker: the service routes.
+	bgpVIPs *mailbox.Mailbox[[]bgp.VIP]
 	// To the service proxy: every valid configuration.
 	proxyConfigs *mailbox.Mailbox[*subnet.Config]
 }

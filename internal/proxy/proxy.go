@@ -8,6 +8,7 @@ package proxy
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/weft-net/weft/internal/bgp"
 	"github.com/weft-net/weft/internal/etcdwatch"
 	"github.com/weft-net/weft/internal/ratelog"
 	"github.com/weft-net/weft/internal/retry"
@@ -63,6 +65,9 @@ type Config struct {
 	// Conntrack deletes the UDP flows of endpoints that went away (nil:
 	// left to expire).
 	Conntrack Conntrack
+	// Advertise, when this node speaks BGP, takes the service routes it
+	// should advertise whenever they change (see vips).
+	Advertise func([]bgp.VIP)
 	Log       *logrus.Entry
 	Metrics   Metrics
 }
@@ -89,6 +94,8 @@ type Proxy struct {
 	flows   map[udpFlow]bool              // owned by Run: UDP flows programmed
 	checked map[string]error              // owned by Run: Validate's verdict per key
 	parts   map[string]cachedState        // owned by Run: ServiceState per admitted key
+	told    []bgp.VIP                     // owned by Run: last given to Advertise
+	toldAny bool                          // owned by Run: Advertise was called
 
 	status atomic.Pointer[status.Services]
 }
@@ -220,17 +227,81 @@ func (p *Proxy) apply(batch []etcdwatch.Event[service.Definition]) {
 	}
 }
 
+// vips are the service routes this node advertises over BGP, as
+// BGP.AdvertiseServiceVIPs (default true), BGP.ServiceCommunities and
+// BGP.AggregateServiceNetwork and each service's advertise and
+// communities say: the VIPs of a Cluster service from every node (or, with
+// the aggregate, each service network once), those of a Local service only
+// from nodes with a ready endpoint of the VIP's family in their subnet, so
+// that routers send its traffic only there.
+func (p *Proxy) vips(admitted []*service.Service, node *Node) []bgp.VIP {
+	advertise, aggregate, comms := true, false, []uint32(nil)
+	if b := p.network.BGP; b != nil {
+		advertise, aggregate = b.AdvertiseServiceVIPs, b.AggregateServiceNetwork
+		for _, c := range b.ServiceCommunities {
+			comms = append(comms, uint32(c))
+		}
+	}
+	var out []bgp.VIP
+	if aggregate {
+		for _, n := range node.ServiceNetworks {
+			out = append(out, bgp.VIP{Prefix: n, Communities: comms, Why: "service network (BGP.AggregateServiceNetwork)"})
+		}
+	}
+	for _, s := range admitted {
+		adv := advertise
+		if s.Advertise != nil {
+			adv = *s.Advertise
+		}
+		if !adv {
+			continue
+		}
+		sc := comms
+		for _, c := range s.BGPCommunities() {
+			sc = append(slices.Clone(sc), uint32(c))
+		}
+		for _, vip := range s.VIPs {
+			var why string
+			switch s.TrafficPolicy {
+			case service.Local:
+				n := 0
+				for _, e := range s.Endpoints {
+					if e.IsReady() && e.Address.Is6() == vip.Is6() && node.local(e.Address) {
+						n++
+					}
+				}
+				if n == 0 {
+					continue
+				}
+				why = fmt.Sprintf("VIP of %s: traffic policy Local, %d ready endpoint(s) on this node", s.Key(), n)
+			default:
+				if aggregate {
+					continue
+				}
+				why = fmt.Sprintf("VIP of %s: traffic policy Cluster", s.Key())
+			}
+			out = append(out, bgp.VIP{Prefix: netip.PrefixFrom(vip, vip.BitLen()), Communities: sc, Why: why})
+		}
+	}
+	return out
+}
+
+func sameVIP(a, b bgp.VIP) bool {
+	return a.Prefix == b.Prefix && a.Why == b.Why && slices.Equal(a.Communities, b.Communities)
+}
+
 // setNetwork takes a new network configuration and reports whether it
 // changes what services become (then what was worked out for the old one
 // is forgotten).
 func (p *Proxy) setNetwork(cfg *subnet.Config) bool {
 	same := sameServices(p.network, cfg)
+	sameBGP := p.network.BGP.Equal(cfg.BGP)
 	p.network = cfg
 	if !same {
 		clear(p.checked)
 		clear(p.parts)
 	}
-	return !same
+	return !same || !sameBGP
 }
 
 // sameServices reports whether two configurations program the same
@@ -256,6 +327,10 @@ func (p *Proxy) off(removed *bool) {
 	*removed = true
 	if err := p.cfg.Kernel.Remove(); err != nil {
 		p.log.WithError(err).Warn("removing the service table")
+	}
+	if p.cfg.Advertise != nil && (len(p.told) > 0 || !p.toldAny) {
+		p.told, p.toldAny = nil, true
+		p.cfg.Advertise(nil)
 	}
 	p.status.Store(&status.Services{Enabled: false})
 }
@@ -329,6 +404,12 @@ func (p *Proxy) sync() error {
 	if len(gone) > 0 && p.cfg.Conntrack != nil {
 		if err := forgetFlows(p.cfg.Conntrack, gone); err != nil {
 			p.log.WithError(err).Warn("deleting the conntrack entries of UDP endpoints that went away")
+		}
+	}
+	if p.cfg.Advertise != nil {
+		if vips := p.vips(admitted, node); !p.toldAny || !slices.EqualFunc(vips, p.told, sameVIP) {
+			p.told, p.toldAny = vips, true
+			p.cfg.Advertise(vips)
 		}
 	}
 	slices.SortFunc(refused, func(a, b status.RefusedService) int { return strings.Compare(a.Service, b.Service) })

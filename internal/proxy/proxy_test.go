@@ -15,6 +15,7 @@ import (
 	logtest "github.com/sirupsen/logrus/hooks/test"
 	"golang.org/x/sys/unix"
 
+	"github.com/weft-net/weft/internal/bgp"
 	"github.com/weft-net/weft/internal/etcdwatch"
 	"github.com/weft-net/weft/internal/testenv"
 	"github.com/weft-net/weft/service"
@@ -240,4 +241,54 @@ func TestUDPClientMovesOnWhenItsEndpointGoes(t *testing.T) {
 		got := askUDP()
 		return got != first && !strings.Contains(got, "timeout"), got
 	})
+}
+
+func TestWhichVIPsANodeAdvertises(t *testing.T) {
+	parse := func(doc string) *subnet.Config {
+		cfg, _, err := subnet.ParseConfig([]byte(doc))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cfg
+	}
+	services := []*service.Service{
+		svc(t, "default/cluster", `{"vips":["100.64.0.10"],"ports":[{"protocol":"TCP","port":80}],"endpoints":[{"address":"100.96.2.5"}],"communities":["64512:300"]}`),
+		svc(t, "default/local", `{"vips":["100.64.0.11"],"ports":[{"protocol":"TCP","port":80}],"trafficPolicy":"Local","endpoints":[{"address":"100.96.1.5"},{"address":"100.96.2.5"}]}`),
+		svc(t, "default/elsewhere", `{"vips":["100.64.0.12"],"ports":[{"protocol":"TCP","port":80}],"trafficPolicy":"Local","endpoints":[{"address":"100.96.2.5"},{"address":"100.96.1.6","ready":false}]}`),
+		svc(t, "default/quiet", `{"vips":["100.64.0.13"],"ports":[{"protocol":"TCP","port":80}],"advertise":false}`),
+	}
+	describe := func(vips []bgp.VIP) string {
+		var s []string
+		for _, v := range vips {
+			var comms []string
+			for _, c := range v.Communities {
+				comms = append(comms, subnet.Community(c).String())
+			}
+			s = append(s, fmt.Sprintf("%s %v %s", v.Prefix, comms, v.Why))
+		}
+		return strings.Join(s, "\n")
+	}
+	p := New(Config{Network: parse(`{"Network":"100.96.0.0/12","ServiceNetwork":"100.64.0.0/16","BGP":{"ServiceCommunities":["64512:200"]}}`), Log: logrus.NewEntry(logrus.New())})
+	got := describe(p.vips(services, testNode))
+	want := "100.64.0.10/32 [64512:200 64512:300] VIP of default/cluster: traffic policy Cluster\n" +
+		"100.64.0.11/32 [64512:200] VIP of default/local: traffic policy Local, 1 ready endpoint(s) on this node"
+	if got != want {
+		t.Errorf("advertised:\n%s\nwant:\n%s", got, want)
+	}
+	// With the aggregate, Cluster VIPs go into the service network's route;
+	// Local ones stay alone, from the nodes with an endpoint.
+	p.network = parse(`{"Network":"100.96.0.0/12","ServiceNetwork":"100.64.0.0/16","BGP":{"AggregateServiceNetwork":true}}`)
+	got = describe(p.vips(services, testNode))
+	want = "100.64.0.0/16 [] service network (BGP.AggregateServiceNetwork)\n" +
+		"100.64.0.11/32 [] VIP of default/local: traffic policy Local, 1 ready endpoint(s) on this node"
+	if got != want {
+		t.Errorf("aggregate:\n%s\nwant:\n%s", got, want)
+	}
+	// Off for the cluster: only a service that asks.
+	services[3].Advertise = new(bool)
+	*services[3].Advertise = true
+	p.network = parse(`{"Network":"100.96.0.0/12","ServiceNetwork":"100.64.0.0/16","BGP":{"AdvertiseServiceVIPs":false}}`)
+	if got := describe(p.vips(services, testNode)); got != "100.64.0.13/32 [] VIP of default/quiet: traffic policy Cluster" {
+		t.Errorf("with AdvertiseServiceVIPs false: %s", got)
+	}
 }
