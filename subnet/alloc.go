@@ -42,6 +42,13 @@ func (p Pool) Contains(sn netip.Prefix) bool {
 	return !a.Less(p.Min) && !p.Max.Less(a)
 }
 
+// InNetwork reports whether sn is a subnet of the pool's network (of any
+// length), whether or not it is within SubnetMin and SubnetMax.
+func (p Pool) InNetwork(sn netip.Prefix) bool {
+	return p.Enabled() && sn.IsValid() && sn.Addr().BitLen() == p.addrBits() && sn.Masked() == sn &&
+		sn.Bits() >= p.Network.Bits() && p.Network.Contains(sn.Addr())
+}
+
 // Allocate picks a free subnet from the pool. taken holds the subnets other
 // nodes lease; subnets in it that are not in the pool are ignored. The
 // choice is random among the free subnets, so that nodes racing for a subnet

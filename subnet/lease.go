@@ -265,8 +265,12 @@ func (c *Config) CheckLease(l *Lease) error {
 		if !f.Subnet.IsValid() {
 			return fmt.Errorf("lease %s has no %s subnet but the network is %s: %w", l.Key(), f.Name(), pool.Network, ErrWrongFamily)
 		}
-		if !pool.Contains(f.Subnet) {
-			return fmt.Errorf("lease %s: subnet %s is not a /%d inside %s", l.Key(), f.Subnet, pool.SubnetLen, pool.Network)
+		// SubnetMin and SubnetMax bound where new subnets are allocated: a
+		// lease anywhere in the network is a valid peer (kube-controller-
+		// manager hands out the first subnet too; a narrowed range must not
+		// cut nodes off).
+		if !pool.InNetwork(f.Subnet) {
+			return fmt.Errorf("lease %s: subnet %s is not inside the network %s", l.Key(), f.Subnet, pool.Network)
 		}
 		if !f.PublicIP.IsValid() {
 			return fmt.Errorf("lease %s has no public %s address: %w", l.Key(), f.Name(), ErrWrongFamily)

@@ -151,9 +151,13 @@ func TestCheckLease(t *testing.T) {
 	}{
 		{v4, "100.96.3.0-24", `{"PublicIP":"198.18.0.3"}`, ""},
 		{v4, "100.96.3.0-24&fd96:0:0:3::-64", `{"PublicIP":"198.18.0.3","PublicIPv6":"fd18::3"}`, ""},
-		{v4, "10.0.3.0-24", `{"PublicIP":"198.18.0.3"}`, "is not a /24 inside 100.96.0.0/12"},
-		{v4, "100.96.3.0-25", `{"PublicIP":"198.18.0.3"}`, "is not a /24 inside"},
-		{v4, "100.96.0.0-24", `{"PublicIP":"198.18.0.3"}`, "is not a /24 inside"}, // below SubnetMin
+		{v4, "100.112.3.0-24", `{"PublicIP":"198.18.0.3"}`, "subnet 100.112.3.0/24 is not inside the network 100.96.0.0/12"},
+		{v4, "100.64.0.0-10", `{"PublicIP":"198.18.0.3"}`, "is not inside the network"},
+		// SubnetMin and SubnetMax bound allocation only: a lease anywhere in
+		// the network is a peer (kube-controller-manager's first /24, a
+		// range narrowed after the node leased its subnet).
+		{v4, "100.96.0.0-24", `{"PublicIP":"198.18.0.3"}`, ""},
+		{v4, "100.96.3.0-25", `{"PublicIP":"198.18.0.3"}`, ""},
 		{v4, "fd96:0:0:3::-64", `{"PublicIPv6":"fd18::3"}`, "wrong address family"},
 		{v4, "100.96.3.0-24", `{"PublicIP":"0.0.0.0"}`, "no public IPv4 address"},
 		{dual, "100.96.3.0-24", `{"PublicIP":"198.18.0.3"}`, "has no IPv6 subnet"},
