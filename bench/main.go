@@ -40,6 +40,7 @@ func main() {
 	vmIPIP := flag.Bool("vm-ipip", false, "measure the ipip data path only and print it (what the VM runs)")
 	skipBGP := flag.Bool("skip-bgp", false, "skip the BGP measurements (they need BIRD: Debian's bird2)")
 	skipServices := flag.Bool("skip-services", false, "skip the service measurements")
+	skipKube := flag.Bool("skip-kube", false, "skip the Kubernetes-mode cold start (it needs bin/kube-apiserver: make kube-bins)")
 	micro := flag.String("micro", "", "output of the Go microbenchmarks to include in the report")
 	flag.Parse()
 	if os.Geteuid() != 0 {
@@ -116,6 +117,16 @@ func main() {
 			log.Printf("services: %d: new connection %v (verdict map), %v (linear chain)", pc.Services, pc.Map, pc.Linear)
 		}
 		r.Services = &res
+	}
+	if !*skipKube {
+		for _, n := range []int{1000, 5000} {
+			res, err := kubeColdStart(ctx, bin, n)
+			if err != nil {
+				log.Fatalf("Kubernetes mode, cold start with %d Nodes: %v", n, err)
+			}
+			log.Printf("Kubernetes mode, cold start with %d Nodes: %v", n, res.Converge)
+			r.Kube = append(r.Kube, res)
+		}
 	}
 	if r.Burst, err = burstAndLatency(ctx, bin, 5000); err != nil {
 		log.Fatalf("burst: %v", err)

@@ -89,38 +89,8 @@ func coldStart(ctx context.Context, bin string, n int, router string) (coldResul
 	if err != nil {
 		return res, err
 	}
-	k, err := openKernel(node.NS)
-	if err != nil {
+	if res.Converge, err = timeToRoutes(c, node, n); err != nil {
 		return res, err
-	}
-	defer k.close()
-	// Count the kernel's route events (cheap), not dumps of the table
-	// (which would compete with weftd for the CPU), then confirm by one
-	// dump.
-	events, stop, err := k.routeEvents()
-	if err != nil {
-		return res, err
-	}
-	defer stop()
-	start := time.Now()
-	if err := c.StartWeftdAsync(node); err != nil {
-		return res, err
-	}
-	added := 0
-	timeout := time.After(2 * time.Minute)
-	for added < n {
-		select {
-		case u := <-events:
-			if u.Type == unix.RTM_NEWROUTE && u.Protocol == kernel.RouteProtocol {
-				added++
-			}
-		case <-timeout:
-			return res, fmt.Errorf("%d of %d routes after 2 minutes", added, n)
-		}
-	}
-	res.Converge = time.Since(start)
-	if got, err := k.weftRoutes(); err != nil || got != n {
-		return res, fmt.Errorf("the kernel holds %d weft routes, want %d (%v)", got, n, err)
 	}
 	var samples []float64
 	cpu0, err := cpuTime(node.WeftdPID())
@@ -147,6 +117,45 @@ func coldStart(ctx context.Context, bin string, n int, router string) (coldResul
 	res.CPU = (cpu1 - cpu0).Seconds() / rssWindow.Seconds()
 	res.Go, err = readGoMemory(c, node)
 	return res, err
+}
+
+// timeToRoutes starts weftd on node and returns the time until the
+// kernel has a weft route for each of n peers.
+func timeToRoutes(c *sandbox.Cluster, node *sandbox.Node, n int) (time.Duration, error) {
+	k, err := openKernel(node.NS)
+	if err != nil {
+		return 0, err
+	}
+	defer k.close()
+	// Count the kernel's route events (cheap), not dumps of the table
+	// (which would compete with weftd for the CPU), then confirm by one
+	// dump.
+	events, stop, err := k.routeEvents()
+	if err != nil {
+		return 0, err
+	}
+	defer stop()
+	start := time.Now()
+	if err := c.StartWeftdAsync(node); err != nil {
+		return 0, err
+	}
+	added := 0
+	timeout := time.After(2 * time.Minute)
+	for added < n {
+		select {
+		case u := <-events:
+			if u.Type == unix.RTM_NEWROUTE && u.Protocol == kernel.RouteProtocol {
+				added++
+			}
+		case <-timeout:
+			return 0, fmt.Errorf("%d of %d routes after 2 minutes", added, n)
+		}
+	}
+	took := time.Since(start)
+	if got, err := k.weftRoutes(); err != nil || got != n {
+		return 0, fmt.Errorf("the kernel holds %d weft routes, want %d (%v)", got, n, err)
+	}
+	return took, nil
 }
 
 // cpuTime reads the user and system time a process has used.

@@ -19,6 +19,7 @@ type report struct {
 	IPIP     *pathResult // measured in the VM; nil if skipped
 	BGP      bgpResult   // zero if skipped
 	Services *servicesResult
+	Kube     []kubeResult
 	Micro    string // go test -bench output
 }
 
@@ -122,6 +123,20 @@ func (r *report) markdown(pngPath string) string {
 		p("|---|---|---|")
 		for _, pc := range sv.PerConn {
 			p("| %d | %s / %s | %s / %s |", pc.Services, us(pc.Map), us(pc.MapP90), us(pc.Linear), us(pc.LinP90))
+		}
+		p("")
+	}
+	if len(r.Kube) > 0 {
+		p("## Kubernetes mode")
+		p("")
+		p("The cold start with `--kube-subnet-mgr` against a real kube-apiserver (built from")
+		p("k8s.io/kubernetes, tools/kube) holding N Node objects with podCIDRs and weft's")
+		p("annotations: from starting weftd until the kernel has a route for every one.")
+		p("")
+		p("| N Nodes | time to converge | target ≤ 1 s |")
+		p("|---|---|---|")
+		for _, k := range r.Kube {
+			p("| %d | %s | %s |", k.N, ms(k.Converge), verdict(k.Converge <= time.Second))
 		}
 		p("")
 	}

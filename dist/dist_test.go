@@ -3,6 +3,7 @@
 package dist
 
 import (
+	"bytes"
 	"encoding/json"
 	"os"
 	"os/exec"
@@ -57,8 +58,27 @@ func TestSystemdUnitUsesRealFlags(t *testing.T) {
 	}
 }
 
-func TestKubernetesManifest(t *testing.T) {
-	data, err := os.ReadFile("kubernetes/weft.yaml")
+func TestKubernetesManifests(t *testing.T) {
+	for file, kinds := range map[string][]string{
+		"kubernetes/weft.yaml":      {"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap", "DaemonSet"},
+		"kubernetes/weft-etcd.yaml": {"Namespace", "ConfigMap", "DaemonSet"},
+	} {
+		t.Run(file, func(t *testing.T) { checkManifest(t, file, kinds) })
+	}
+	if !bytes.Equal(KubeManifest, must(os.ReadFile("kubernetes/weft.yaml"))) {
+		t.Error("KubeManifest is not kubernetes/weft.yaml")
+	}
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
+}
+
+func checkManifest(t *testing.T, file string, want []string) {
+	data, err := os.ReadFile(file)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,7 +87,7 @@ func TestKubernetesManifest(t *testing.T) {
 	for _, doc := range strings.Split(string(data), "\n---\n") {
 		var obj map[string]any
 		if err := yaml.Unmarshal([]byte(doc), &obj); err != nil {
-			t.Fatalf("weft.yaml: %v", err)
+			t.Fatalf("%s: %v", file, err)
 		}
 		kind, _ := obj["kind"].(string)
 		kinds[kind] = true
@@ -112,9 +132,9 @@ func TestKubernetesManifest(t *testing.T) {
 			}
 		}
 	}
-	for _, k := range []string{"Namespace", "ConfigMap", "DaemonSet"} {
+	for _, k := range want {
 		if !kinds[k] {
-			t.Errorf("weft.yaml has no %s", k)
+			t.Errorf("%s has no %s", file, k)
 		}
 	}
 }

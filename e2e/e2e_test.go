@@ -37,6 +37,10 @@ type clusterOpts struct {
 	router          string
 	routerPassword  string
 	gracefulRestart time.Duration
+	// kube runs the nodes in Kubernetes mode against a real API server.
+	kube bool
+	// env goes into every weftd's environment.
+	env []string
 }
 
 // testBin returns the path of one of weft's binaries.
@@ -61,6 +65,7 @@ func startCluster(t *testing.T, o clusterOpts) *sandbox.Cluster {
 		Nodes: o.nodes, Backend: o.backend, IPMasq: o.ipMasq, LeaseTTL: o.leaseTTL, ConfigFiles: o.configFiles,
 		IPv6: o.ipv6, NetConf: o.netConf, EtcdMembers: o.etcdMembers,
 		Router: o.router, RouterPassword: o.routerPassword, GracefulRestartTime: o.gracefulRestart,
+		Kube: o.kube, Env: o.env,
 		Log: t.Logf,
 	})
 	if err != nil {
@@ -70,7 +75,8 @@ func startCluster(t *testing.T, o clusterOpts) *sandbox.Cluster {
 		if t.Failed() {
 			logs, _ := filepath.Glob(filepath.Join(dir, "node-*", "weftd.log"))
 			routerLogs, _ := filepath.Glob(filepath.Join(dir, "router*", "*.log"))
-			logs = append(logs, routerLogs...)
+			kubeLogs, _ := filepath.Glob(filepath.Join(dir, "kube", "*.log"))
+			logs = append(append(logs, routerLogs...), kubeLogs...)
 			for _, l := range logs {
 				b, _ := os.ReadFile(l)
 				t.Logf("--- %s\n%s", l, testenv.Tail(b, 3000))

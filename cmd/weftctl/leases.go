@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -14,7 +15,9 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/weft-net/weft/internal/etcdflags"
+	"github.com/weft-net/weft/subnet"
 	"github.com/weft-net/weft/subnet/etcd"
+	"github.com/weft-net/weft/subnet/kube"
 )
 
 func leasesCommand() *cli.Command {
@@ -23,20 +26,40 @@ func leasesCommand() *cli.Command {
 		Usage: "list every node's subnet lease",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "table", Usage: "table or json"},
+			&cli.BoolFlag{Name: "kube-subnet-mgr", EnvVars: []string{"WEFTCTL_KUBE_SUBNET_MGR"}, Usage: "read the leases from the Kubernetes API's Node objects (weftd --kube-subnet-mgr) instead of etcd"},
+			&cli.StringFlag{Name: "kubeconfig-file", EnvVars: []string{"WEFTCTL_KUBECONFIG_FILE", "KUBECONFIG"}, Usage: "kubeconfig for --kube-subnet-mgr (default: the pod's service account)", TakesFile: true},
+			&cli.StringFlag{Name: "kube-api-url", EnvVars: []string{"WEFTCTL_KUBE_API_URL"}, Usage: "the API server's URL, overriding the kubeconfig's"},
+			&cli.StringFlag{Name: "kube-annotation-prefix", Value: kube.DefaultPrefix, EnvVars: []string{"WEFTCTL_KUBE_ANNOTATION_PREFIX"}, Usage: "weftd's --kube-annotation-prefix"},
 		},
 		Action: func(c *cli.Context) error {
 			format := c.String("output")
 			if format != "table" && format != "json" {
 				return cli.Exit(fmt.Sprintf("--output %q is unknown; use table or json", format), 2)
 			}
-			store, closeStore, err := openStore(c)
-			if err != nil {
-				return err
-			}
-			defer closeStore()
-			rows, err := leaseRows(c.Context, store)
-			if err != nil {
-				return err
+			var rows []leaseRow
+			if c.Bool("kube-subnet-mgr") {
+				nodes, err := kube.NewClient(c.String("kubeconfig-file"), c.String("kube-api-url"), "weftctl")
+				if err != nil {
+					return cli.Exit(fmt.Sprintf("--kube-subnet-mgr: %v", err), 2)
+				}
+				listed, err := kube.New(nodes, kube.Options{Prefix: c.String("kube-annotation-prefix")}).List(c.Context)
+				if err != nil {
+					return err
+				}
+				for _, l := range listed {
+					if !errors.Is(l.Err, kube.ErrNotALease) { // a Node without weft is no lease
+						rows = append(rows, kubeLeaseRow(l))
+					}
+				}
+			} else {
+				store, closeStore, err := openStore(c)
+				if err != nil {
+					return err
+				}
+				defer closeStore()
+				if rows, err = leaseRows(c.Context, store); err != nil {
+					return err
+				}
 			}
 			if format == "json" {
 				enc := json.NewEncoder(c.App.Writer)
@@ -98,7 +121,11 @@ func newLeaseRow(e etcd.Entry) leaseRow {
 		r.Error = e.Err.Error()
 		return r
 	}
-	l := e.Item
+	fillLeaseRow(&r, &e.Item)
+	return r
+}
+
+func fillLeaseRow(r *leaseRow, l *subnet.Lease) {
 	r.Subnet = orEmpty(l.Subnet)
 	r.IPv6Subnet = orEmpty(l.IPv6Subnet)
 	r.PublicIP = orEmpty(l.PublicIP)
@@ -109,6 +136,17 @@ func newLeaseRow(e etcd.Entry) leaseRow {
 	}
 	r.Node = l.Node
 	r.BackendData = l.BackendData
+}
+
+// kubeLeaseRow is a Node as a lease row: its key is the Node's name, and
+// it has no TTL.
+func kubeLeaseRow(l kube.Listed) leaseRow {
+	r := leaseRow{Key: l.Node, TTLSeconds: -1}
+	if l.Err != nil {
+		r.Error = l.Err.Error()
+		return r
+	}
+	fillLeaseRow(&r, &l.Lease)
 	return r
 }
 

@@ -33,6 +33,7 @@ func sandboxCommand() *cli.Command {
 					&cli.StringFlag{Name: "backend", Value: subnet.BackendVXLAN, Usage: "vxlan or host-gw"},
 					&cli.BoolFlag{Name: "ip-masq", Usage: "pass --ip-masq to every weftd"},
 					&cli.BoolFlag{Name: "ipv6", Usage: "dual-stack: IPv6 underlay (fd18::/64) and pod network (fd96::/48) too"},
+					&cli.BoolFlag{Name: "kube", Usage: "Kubernetes mode: run kube-apiserver and kube-controller-manager (bin/, make kube-bins) and every weftd with --kube-subnet-mgr"},
 					&cli.StringFlag{Name: "router", Usage: "add an upstream router, bird or frr, peering with every node over BGP, and an outside network (203.0.113.0/24) behind it"},
 				},
 				Action: sandboxUp,
@@ -97,7 +98,7 @@ func sandboxUp(c *cli.Context) error {
 		Name: c.String("name"), Dir: dir, BinDir: filepath.Dir(self),
 		Nodes: c.Int("nodes"), Backend: c.String("backend"), IPMasq: c.Bool("ip-masq"),
 		IPv6: c.Bool("ipv6"), NetConf: sandbox.NetConf(c.String("backend"), c.Bool("ipv6")),
-		Router: c.String("router"),
+		Router: c.String("router"), Kube: c.Bool("kube"),
 		Detach: true,
 		Log:    func(format string, args ...any) { fmt.Fprintf(out, format+"\n", args...) },
 	})

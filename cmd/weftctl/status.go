@@ -87,6 +87,9 @@ func printStatus(w io.Writer, st *status.Status, now time.Time) {
 		row("PUBLIC IPV6", st.PublicIPv6)
 	}
 	lease := (time.Duration(st.LeaseTTL) * time.Second).String()
+	if st.LeaseTTL < 0 {
+		lease = "none (the subnet is the Node's podCIDR)"
+	}
 	if st.LeaseIssue != "" {
 		lease += " PROBLEM: " + st.LeaseIssue
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/weft-net/weft/internal/etcdflags"
 	"github.com/weft-net/weft/internal/version"
 	"github.com/weft-net/weft/subnet"
+	"github.com/weft-net/weft/subnet/kube"
 )
 
 // Exit statuses, as the README documents them.
@@ -87,7 +88,11 @@ func flags() []cli.Flag {
 		&cli.StringFlag{Name: "subnet-file", Value: "/run/weft/subnet.env", EnvVars: env("subnet-file"), Usage: "where to write this node's subnet (flannel's format)", TakesFile: true},
 		&cli.BoolFlag{Name: "ip-masq", EnvVars: env("ip-masq"), Usage: "masquerade pod traffic leaving the pod network"},
 		&cli.StringFlag{Name: "healthz-addr", Value: "127.0.0.1:8285", EnvVars: env("healthz-addr"), Usage: "serve /healthz, /readyz, /metrics and /status here; empty disables"},
-		&cli.StringFlag{Name: "node-name", Value: host, EnvVars: env("node-name"), Usage: "this node's name, recorded in its lease"},
+		&cli.StringFlag{Name: "node-name", Value: host, EnvVars: append(env("node-name"), "NODE_NAME"), Usage: "this node's name, recorded in its lease (with --kube-subnet-mgr: its Node; NODE_NAME from the downward API works too)"},
+		&cli.BoolFlag{Name: "kube-subnet-mgr", EnvVars: env("kube-subnet-mgr"), Usage: "take this node's subnet from its Node's podCIDR and the other nodes' from the Kubernetes API, instead of etcd (needs --net-config-path)"},
+		&cli.StringFlag{Name: "kubeconfig-file", EnvVars: env("kubeconfig-file"), Usage: "kubeconfig for --kube-subnet-mgr outside a pod (default: the pod's service account)", TakesFile: true},
+		&cli.StringFlag{Name: "kube-api-url", EnvVars: env("kube-api-url"), Usage: "the Kubernetes API server's URL, overriding the kubeconfig's"},
+		&cli.StringFlag{Name: "kube-annotation-prefix", Value: kube.DefaultPrefix, EnvVars: env("kube-annotation-prefix"), Usage: "prefix of the Node annotations weft publishes and reads; flannel.alpha.coreos.com shares a cluster with flannel nodes"},
 		&cli.DurationFlag{Name: "lease-ttl", Value: 24 * time.Hour, EnvVars: env("lease-ttl"), Usage: "TTL of the etcd lease on this node's subnet; kept alive while weftd runs"},
 		&cli.DurationFlag{Name: "resync-interval", Value: 5 * time.Second, EnvVars: env("resync-interval"), Usage: "how often to compare the kernel with the leases and repair drift"},
 		&cli.IntFlag{Name: "gc-percent", Value: 25, EnvVars: env("gc-percent"), Usage: "once ready, how far (in percent) the Go heap may grow over live data before a collection (lower: less memory, more CPU); the GOGC environment variable, when set, wins"},
@@ -138,7 +143,11 @@ func configFrom(c *cli.Context, args []string) (*daemon.Config, error) {
 		NodeName:       c.String("node-name"),
 		ResyncInterval: c.Duration("resync-interval"),
 		GCPercent:      c.Int("gc-percent"),
-		Log:            logger,
+		Kube: daemon.Kube{
+			Enabled: c.Bool("kube-subnet-mgr"), Kubeconfig: c.String("kubeconfig-file"),
+			APIURL: c.String("kube-api-url"), AnnotationPrefix: c.String("kube-annotation-prefix"),
+		},
+		Log: logger,
 	}
 	if cfg.BGP, err = bgpFrom(c, args); err != nil {
 		return nil, err

@@ -49,6 +49,8 @@ func TestInvalidFlagsAndConfigExit2(t *testing.T) {
 	os.WriteFile(noNetwork, []byte(`{}`), 0o644)
 	badBGP := filepath.Join(dir, "bgp.json")
 	os.WriteFile(badBGP, []byte(`{"Network":"100.96.0.0/12","BGP":{"ASN":0}}`), 0o644)
+	goodConf := filepath.Join(dir, "good.json")
+	os.WriteFile(goodConf, []byte(`{"Network":"100.96.0.0/12"}`), 0o644)
 	emptyPassword := filepath.Join(dir, "password")
 	os.WriteFile(emptyPassword, nil, 0o600)
 	base := []string{"--healthz-addr", "", "--etcd-endpoints", "http://198.18.0.254:2379"}
@@ -97,6 +99,10 @@ func TestInvalidFlagsAndConfigExit2(t *testing.T) {
 		{"bgp empty password file", []string{"--bgp-password-file", emptyPassword}, nil, "--bgp-password-file " + emptyPassword + " is empty"},
 		{"bgp router id", []string{"--bgp-router-id", "fd18::1"}, nil, "--bgp-router-id fd18::1 is not an IPv4 address"},
 		{"bgp listen port", []string{"--bgp-listen-port", "70000"}, nil, "--bgp-listen-port 70000 is out of range"},
+		{"kube without config file", []string{"--kube-subnet-mgr"}, nil, "--kube-subnet-mgr reads net-conf.json from a file: give --net-config-path"},
+		{"kube annotation prefix", []string{"--kube-subnet-mgr", "--net-config-path", "/x.json", "--kube-annotation-prefix", "Weft/Net"}, nil, `--kube-annotation-prefix "Weft/Net" is not a DNS subdomain`},
+		{"kube outside a pod", []string{"--kube-subnet-mgr", "--net-config-path", goodConf}, nil, "--kube-subnet-mgr: not in a pod, so a kubeconfig is needed (--kubeconfig-file)"},
+		{"kubeconfig missing", []string{"--kube-subnet-mgr", "--net-config-path", goodConf, "--kubeconfig-file", "/nonexistent/kubeconfig"}, nil, "--kube-subnet-mgr: kubeconfig /nonexistent/kubeconfig"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -45,8 +45,23 @@ type Config struct {
 	// BGP is this node's own BGP settings; with the cluster's (the BGP
 	// object of net-conf.json) they say whether and how the node peers.
 	BGP NodeBGP
+	// Kube, when Enabled, takes the leases from the Kubernetes API
+	// instead of etcd (--kube-subnet-mgr).
+	Kube Kube
 
 	Log *logrus.Logger
+}
+
+// Kube is what --kube-* say.
+type Kube struct {
+	Enabled bool
+	// Kubeconfig is a kubeconfig file (--kubeconfig-file); empty: the
+	// service account of the pod weftd runs in.
+	Kubeconfig string
+	// APIURL overrides the API server's address (--kube-api-url).
+	APIURL string
+	// AnnotationPrefix names the Node annotations (--kube-annotation-prefix).
+	AnnotationPrefix string
 }
 
 // NodeBGP is what --bgp-* say: the peers of this node (its top-of-rack
@@ -79,7 +94,13 @@ func invalid(format string, args ...any) error {
 // Validate checks what can be checked without the network. Its errors are
 // *InvalidError and name the flag and the value.
 func (c *Config) Validate() error {
-	if len(c.Etcd.Endpoints) == 0 && c.NetConfigPath == "" {
+	if c.Kube.Enabled && c.NetConfigPath == "" {
+		return invalid("--kube-subnet-mgr reads net-conf.json from a file: give --net-config-path (the mounted ConfigMap, e.g. /etc/kube-flannel/net-conf.json)")
+	}
+	if c.Kube.Enabled && !regexp.MustCompile(`^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$`).MatchString(c.Kube.AnnotationPrefix) {
+		return invalid("--kube-annotation-prefix %q is not a DNS subdomain such as flannel.alpha.coreos.com", c.Kube.AnnotationPrefix)
+	}
+	if !c.Kube.Enabled && len(c.Etcd.Endpoints) == 0 && c.NetConfigPath == "" {
 		return invalid("--etcd-endpoints is empty; give at least one etcd URL")
 	}
 	for _, ep := range c.Etcd.Endpoints {

@@ -14,6 +14,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/sirupsen/logrus"
 	"github.com/vishvananda/netns"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 
@@ -89,9 +90,9 @@ type daemon struct {
 	board   board    // readiness, and a refused configuration document
 	closers []func() // what start opened, for Run to close at the end
 
-	store   atomic.Pointer[etcd.Store]
+	source  atomic.Pointer[leaseSource]
 	rec     atomic.Pointer[reconcile.Reconciler]
-	claim   atomic.Pointer[etcd.Claim]
+	claim   atomic.Pointer[leaseClaim]
 	speaker atomic.Pointer[bgp.Speaker] // nil when BGP is off
 	proxy   atomic.Pointer[proxy.Proxy]
 	svcs    atomic.Pointer[svcetcd.Store]
@@ -101,14 +102,30 @@ type daemon struct {
 // starts the goroutines that keep everything current in g.
 func (d *daemon) start(ctx context.Context, g *errgroup.Group) error {
 	cfg := d.cfg
-	d.board.set(func(b *board) { b.notReady = "connecting to etcd" })
-	cli, err := connect(ctx, cfg, d.log.WithField("component", "store"))
-	if err != nil {
-		return err
+	// Leases come from etcd, or from the Kubernetes API (then there is no
+	// etcd: no etcd configuration, no services).
+	var (
+		source leaseSource
+		store  *etcd.Store
+		cli    *clientv3.Client
+	)
+	if cfg.Kube.Enabled {
+		ks, err := d.kubeSource()
+		if err != nil {
+			return err
+		}
+		source = ks
+	} else {
+		d.board.set(func(b *board) { b.notReady = "connecting to etcd" })
+		var err error
+		if cli, err = connect(ctx, cfg, d.log.WithField("component", "store")); err != nil {
+			return err
+		}
+		d.closers = append(d.closers, func() { cli.Close() })
+		store = etcd.New(cli, etcd.Options{Prefix: cfg.Prefix, TTL: cfg.LeaseTTL, Log: d.log.WithField("component", "store")})
+		source = &etcdLeases{store: store, subnetFile: cfg.SubnetFile}
 	}
-	d.closers = append(d.closers, func() { cli.Close() })
-	store := etcd.New(cli, etcd.Options{Prefix: cfg.Prefix, TTL: cfg.LeaseTTL, Log: d.log.WithField("component", "store")})
-	d.store.Store(store)
+	d.source.Store(&source)
 
 	d.board.set(func(b *board) { b.notReady = "reading the network configuration" })
 	network, err := d.readNetConfig(ctx, store)
@@ -156,16 +173,14 @@ func (d *daemon) start(ctx context.Context, g *errgroup.Group) error {
 		return err
 	}
 
-	req := etcd.AcquireRequest{Config: network, Attrs: d.attrs(first)}
-	if prev, err := subnet.ReadEnvFile(cfg.SubnetFile); err == nil {
-		req.Previous, req.PreviousIPv6 = prev.Subnet.Masked(), prev.IPv6Subnet.Masked()
-	}
-	d.board.set(func(b *board) { b.notReady = "acquiring a subnet lease" })
-	claim, err := store.Acquire(ctx, req)
+	d.board.set(func(b *board) {
+		b.notReady = map[bool]string{false: "acquiring a subnet lease", true: "waiting for this node's podCIDR"}[cfg.Kube.Enabled]
+	})
+	claim, err := source.acquire(ctx, network, d.attrs(first))
 	if err != nil {
 		return err
 	}
-	d.claim.Store(claim)
+	d.claim.Store(&claim)
 	d.board.set(func(b *board) { b.notReady = "programming peers" })
 
 	monNL, err := netlinksafe.NewHandle(unix.NETLINK_ROUTE)
@@ -187,6 +202,28 @@ func (d *daemon) start(ctx context.Context, g *errgroup.Group) error {
 			return sp.Run(ctx, bgp.Inputs{Node: out.bgpNode.C(), Options: out.bgpOptions.C(), VIPs: out.bgpVIPs.C()})
 		})
 	}
+	if cli != nil {
+		if err := d.startServices(ctx, g, cli, network, claim, &out); err != nil {
+			return err
+		}
+	} else {
+		d.log.Info("Kubernetes mode: weft's service VIPs are off (kube-proxy serves Kubernetes services)")
+	}
+	g.Go(func() error { return d.watchConfig(ctx, store, network, out) })
+	g.Go(func() error { claim.Keep(ctx); return ctx.Err() })
+	g.Go(func() error { return source.watch(ctx, network, leases) })
+	g.Go(func() error { return mon.Run(ctx) })
+	g.Go(func() error { return rec.Run(ctx, claim.Lease(), in, announcements) })
+	g.Go(func() error { return d.announce(ctx, claim, network, announcements.C(), out.bgpNode) })
+	return nil
+}
+
+func leaseSubnets(l subnet.Lease) []netip.Prefix { return slices.Collect(l.Subnets) }
+
+// startServices starts the service watch and the service proxy (services
+// live in etcd, next to the leases).
+func (d *daemon) startServices(ctx context.Context, g *errgroup.Group, cli *clientv3.Client, network *subnet.Config, claim leaseClaim, out *outputs) error {
+	cfg := d.cfg
 	svcStore := svcetcd.New(cli, cfg.Prefix, d.log.WithField("component", "services"))
 	d.svcs.Store(svcStore)
 	ct, err := netlinksafe.NewHandle(unix.NETLINK_NETFILTER)
@@ -216,16 +253,8 @@ func (d *daemon) start(ctx context.Context, g *errgroup.Group) error {
 		})
 	})
 	g.Go(func() error { return px.Run(ctx, proxy.Inputs{Services: services, Configs: out.proxyConfigs.C()}) })
-	g.Go(func() error { return d.watchConfig(ctx, store, network, out) })
-	g.Go(func() error { claim.Keep(ctx); return ctx.Err() })
-	g.Go(func() error { return store.WatchFrom(ctx, network, leases, claim.TakeListing()) })
-	g.Go(func() error { return mon.Run(ctx) })
-	g.Go(func() error { return rec.Run(ctx, claim.Lease(), in, announcements) })
-	g.Go(func() error { return d.announce(ctx, claim, network, announcements.C(), out.bgpNode) })
 	return nil
 }
-
-func leaseSubnets(l subnet.Lease) []netip.Prefix { return slices.Collect(l.Subnets) }
 
 // outputs are where the daemon's goroutines send what the others follow.
 type outputs struct {

@@ -55,18 +55,18 @@ func newMetrics(d *daemon) *metrics {
 	restarts := prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "weft_etcd_watch_restarts_total", Help: "Times a watch on etcd (leases, services) had to be re-established."},
 		func() float64 {
 			n := uint64(0)
-			if s := d.store.Load(); s != nil {
-				n += s.WatchRestarts()
+			if s := d.source.Load(); s != nil {
+				n += (*s).watchRestarts()
 			}
 			if s := d.svcs.Load(); s != nil {
 				n += s.WatchRestarts()
 			}
 			return float64(n)
 		})
-	leaseTTL := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "weft_lease_ttl_seconds", Help: "Time left on this node's etcd lease."},
+	leaseTTL := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "weft_lease_ttl_seconds", Help: "Time left on this node's etcd lease (-1 in Kubernetes mode: a Node has no TTL)."},
 		func() float64 {
 			if c := d.claim.Load(); c != nil {
-				return c.TTL().Seconds()
+				return (*c).TTL().Seconds()
 			}
 			return 0
 		})
@@ -206,7 +206,8 @@ func (d *daemon) status() status.Status {
 			s.ConfigIssue = rs.ConfigIssue
 		}
 	}
-	if c := d.claim.Load(); c != nil {
+	if cp := d.claim.Load(); cp != nil {
+		c := *cp
 		l := c.Lease()
 		s.Subnet, s.IPv6Subnet = str(l.Subnet), str(l.IPv6Subnet)
 		s.PublicIP, s.PublicIPv6 = str(l.PublicIP), str(l.PublicIPv6)
@@ -215,8 +216,8 @@ func (d *daemon) status() status.Status {
 			s.LeaseIssue = p.Error()
 		}
 	}
-	if st := d.store.Load(); st != nil {
-		s.Restarts = st.WatchRestarts()
+	if src := d.source.Load(); src != nil {
+		s.Restarts = (*src).watchRestarts()
 	}
 	if sp := d.speaker.Load(); sp != nil {
 		s.BGP = sp.Status()

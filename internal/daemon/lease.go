@@ -19,7 +19,6 @@ import (
 	"github.com/weft-net/weft/internal/reconcile"
 	"github.com/weft-net/weft/internal/retry"
 	"github.com/weft-net/weft/subnet"
-	"github.com/weft-net/weft/subnet/etcd"
 )
 
 // attrs is the lease value that says what a announces.
@@ -38,7 +37,7 @@ func (d *daemon) attrs(a reconcile.Announcement) subnet.Attrs {
 // rewrites subnet.env whenever its content changes (the pod MTU). From
 // ready on, it tells the BGP speaker (bgpNode, nil when BGP is off) what
 // this node's subnets and addresses are.
-func (d *daemon) announce(ctx context.Context, claim *etcd.Claim, network *subnet.Config, in <-chan reconcile.Announcement, bgpNode *mailbox.Mailbox[bgp.Node]) error {
+func (d *daemon) announce(ctx context.Context, claim leaseClaim, network *subnet.Config, in <-chan reconcile.Announcement, bgpNode *mailbox.Mailbox[bgp.Node]) error {
 	log := d.log.WithField("component", "lease")
 	var (
 		want     reconcile.Announcement

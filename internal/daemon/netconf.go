@@ -133,7 +133,9 @@ func (d *daemon) watchConfig(ctx context.Context, store *etcd.Store, cur *subnet
 			out.bgpOptions.Send(d.bgpOptions(cfg.BGP))
 		}
 		d.board.set(func(b *board) { b.configIssue = issue })
-		out.proxyConfigs.Send(cfg)
+		if out.proxyConfigs != nil {
+			out.proxyConfigs.Send(cfg)
+		}
 		select {
 		case out.configs <- cfg:
 		case <-ctx.Done():

@@ -75,6 +75,10 @@ type Options struct {
 	GracefulRestartTime time.Duration
 	// Env is added to every weftd's environment.
 	Env []string
+	// Kube runs a Kubernetes control plane (kube-apiserver and
+	// kube-controller-manager from BinDir, make kube-bins) and every weftd
+	// with --kube-subnet-mgr: subnets are the Nodes' podCIDRs (kube.go).
+	Kube bool
 	// Detach starts processes in sessions of their own so that they outlive
 	// the caller (weftctl sandbox up); otherwise they die with it.
 	Detach bool
@@ -89,6 +93,7 @@ type Cluster struct {
 	etcd    []*process // one per member; nil while stopped
 	Nodes   []*Node
 	Routers []*Router
+	kube    *kubePlane // with Options.Kube
 	// added counts nodes ever added, so a new node never reuses the name
 	// or address of one that left.
 	added int
@@ -108,6 +113,8 @@ type Node struct {
 	Env   []string
 	weftd *process
 	Pods  []*Pod
+	// registered: its Node object exists (Options.Kube).
+	registered bool
 }
 
 // Pod is a namespace on a node's cni0 bridge with an address from the
@@ -201,6 +208,12 @@ func Up(ctx context.Context, opts Options) (c *Cluster, err error) {
 	}
 	if err := c.SetNetConf(ctx, opts.NetConf); err != nil {
 		return c, err
+	}
+	if opts.Kube {
+		opts.logf("kubernetes: kube-apiserver at %s, kube-controller-manager, in %s", KubeAPI(), c.Fabric)
+		if err := c.startKube(ctx); err != nil {
+			return c, err
+		}
 	}
 	if opts.Router != "" {
 		if _, err := c.AddRouter(ctx, RouterOptions{Kind: opts.Router, Password: opts.RouterPassword, Outside: true}); err != nil {
@@ -490,21 +503,29 @@ func (c *Cluster) AddNodes(ctx context.Context, count int) ([]*Node, error) {
 
 // startWeftd starts weftd on n.
 func (c *Cluster) startWeftd(n *Node) (*process, error) {
-	args := []string{
-		"--etcd-endpoints", c.EtcdEndpoints(),
+	args := []string{"--etcd-endpoints", c.EtcdEndpoints()}
+	if c.opts.Kube {
+		if !n.registered {
+			if err := c.RegisterKubeNode(context.Background(), n); err != nil {
+				return nil, err
+			}
+		}
+		args = []string{"--kube-subnet-mgr", "--kubeconfig-file", c.WeftdKubeconfig()}
+	}
+	args = append(args,
 		"--iface", "eth0",
 		"--node-name", n.Name,
 		"--subnet-file", n.SubnetFile,
 		"--healthz-addr", healthAddr,
 		"--resync-interval", c.resyncInterval(),
-	}
+	)
 	if c.opts.IPMasq {
 		args = append(args, "--ip-masq")
 	}
 	if c.opts.LeaseTTL != 0 {
 		args = append(args, "--lease-ttl", c.opts.LeaseTTL.String())
 	}
-	if c.opts.ConfigFiles {
+	if c.opts.ConfigFiles || c.opts.Kube {
 		path := c.configPath(n)
 		if _, err := os.Stat(path); err != nil {
 			if err := c.SetNodeConfig(n, c.opts.NetConf); err != nil {
@@ -679,8 +700,13 @@ func (c *Cluster) Pods() []*Pod {
 }
 
 // RemoveNode stops n's weftd and deletes its namespaces. Its lease stays in
-// etcd until it expires or is deleted, as when a machine dies.
+// etcd until it expires or is deleted, as when a machine dies; in
+// Kubernetes mode its Node object is deleted, as when a node is drained
+// and removed.
 func (c *Cluster) RemoveNode(n *Node) {
+	if c.kube != nil {
+		c.DeleteKubeNode(context.Background(), n)
+	}
 	c.StopWeftd(n, syscall.SIGKILL)
 	for _, p := range n.Pods {
 		delNetns(p.NS)
@@ -704,6 +730,7 @@ func (c *Cluster) Down() {
 		r.Stop()
 	}
 	c.Routers = nil
+	c.stopKube()
 	c.StopEtcd()
 	DeleteNamespaces(c.opts.Name)
 	c.Nodes = nil
