@@ -76,30 +76,13 @@ func TestBGPClusterVIPIsMultipath(t *testing.T) {
 // echoes every line.
 func serveEcho(t *testing.T, ns string, addr netip.Addr, name string) {
 	t.Helper()
-	var l net.Listener
-	if err := testenv.InNamedNetNS(ns, func() (err error) {
-		l, err = net.Listen("tcp", netip.AddrPortFrom(addr, 8081).String())
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				fmt.Fprintf(c, "%s\n", name)
-				sc := bufio.NewScanner(c)
-				for sc.Scan() {
-					fmt.Fprintf(c, "%s\n", sc.Text())
-				}
-			}()
+	serve(listenIn(t, ns, netip.AddrPortFrom(addr, 8081)), func(c net.Conn) {
+		fmt.Fprintf(c, "%s\n", name)
+		sc := bufio.NewScanner(c)
+		for sc.Scan() {
+			fmt.Fprintf(c, "%s\n", sc.Text())
 		}
-	}()
+	})
 }
 
 // A Local service is announced only by the nodes with an endpoint, the

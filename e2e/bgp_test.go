@@ -53,18 +53,35 @@ func podSubnets(t *testing.T, n *sandbox.Node) (v4, v6 netip.Prefix) {
 	return v4, v6
 }
 
-// listenIn listens on TCP port 7000 of addr inside namespace ns.
-func listenIn(t *testing.T, ns string, addr netip.Addr) net.Listener {
+// listenIn listens on TCP addr inside namespace ns until the test ends.
+func listenIn(t *testing.T, ns string, addr netip.AddrPort) net.Listener {
 	t.Helper()
 	var l net.Listener
 	if err := testenv.InNamedNetNS(ns, func() (err error) {
-		l, err = net.Listen("tcp", net.JoinHostPort(addr.String(), "7000"))
+		l, err = net.Listen("tcp", addr.String())
 		return err
 	}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { l.Close() })
 	return l
+}
+
+// serve handles every connection l accepts, each on a goroutine of its
+// own, until l is closed.
+func serve(l net.Listener, handle func(net.Conn)) {
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				handle(c)
+			}()
+		}
+	}()
 }
 
 // Both routers learn every node's pod subnets, IPv4 and IPv6, with the
@@ -92,7 +109,7 @@ func TestBGPAdvertisesPodSubnets(t *testing.T) {
 				if out, err := sandbox.Exec(context.Background(), r.NS, "ping", "-c", "2", "-W", "2", p.IPv6.String()); err != nil {
 					t.Errorf("the router cannot reach %s on %s over IPv6: %v\n%s", p.IPv6, p.Node.Name, err, out)
 				}
-				l := listenIn(t, p.NS, p.IP)
+				l := listenIn(t, p.NS, netip.AddrPortFrom(p.IP, 7000))
 				if from := sendFrom(t, "the outside client", r.Outside, l, 256<<10); from != sandbox.OutsideClient.String() {
 					t.Errorf("a connection from outside reached %s from %s, want the client's own %s (no NAT)", p.Name, from, sandbox.OutsideClient)
 				}

@@ -23,25 +23,10 @@ import (
 // with "name client-address".
 func serveName(t *testing.T, ns string, addr netip.Addr, name string) {
 	t.Helper()
-	var l net.Listener
-	if err := testenv.InNamedNetNS(ns, func() (err error) {
-		l, err = net.Listen("tcp", netip.AddrPortFrom(addr, 8080).String())
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			host, _, _ := net.SplitHostPort(c.RemoteAddr().String())
-			fmt.Fprintf(c, "%s %s\n", name, host)
-			c.Close()
-		}
-	}()
+	serve(listenIn(t, ns, netip.AddrPortFrom(addr, 8080)), func(c net.Conn) {
+		host, _, _ := net.SplitHostPort(c.RemoteAddr().String())
+		fmt.Fprintf(c, "%s %s\n", name, host)
+	})
 }
 
 // servePods makes every pod answer on 8080 (IPv4 and, if it has one,

@@ -117,17 +117,14 @@ func serviceCommand() *cli.Command {
 						}
 						eps = append(eps, ep)
 					}
-					store, cfg, closeStore, err := openServices(c)
-					if err != nil {
-						return err
-					}
-					defer closeStore()
-					svc, err := store.SetEndpoints(c.Context, cfg, ns, name, eps)
-					if err != nil {
-						return refusal(err)
-					}
-					fmt.Fprintf(c.App.Writer, "service %s: %s\n", svc.Key(), describeService(svc))
-					return nil
+					return withServices(c, func(store *svcetcd.Store, cfg *subnet.Config) error {
+						svc, err := store.SetEndpoints(c.Context, cfg, ns, name, eps)
+						if err != nil {
+							return refusal(err)
+						}
+						fmt.Fprintf(c.App.Writer, "service %s: %s\n", svc.Key(), describeService(svc))
+						return nil
+					})
 				},
 			},
 			{
@@ -139,16 +136,13 @@ func serviceCommand() *cli.Command {
 					if err != nil {
 						return err
 					}
-					store, _, closeStore, err := openServices(c)
-					if err != nil {
-						return err
-					}
-					defer closeStore()
-					if err := store.Delete(c.Context, ns, name); err != nil {
-						return refusal(err)
-					}
-					fmt.Fprintf(c.App.Writer, "removed service %s/%s\n", ns, name)
-					return nil
+					return withServices(c, func(store *svcetcd.Store, _ *subnet.Config) error {
+						if err := store.Delete(c.Context, ns, name); err != nil {
+							return refusal(err)
+						}
+						fmt.Fprintf(c.App.Writer, "removed service %s/%s\n", ns, name)
+						return nil
+					})
 				},
 			},
 			{
@@ -160,16 +154,13 @@ func serviceCommand() *cli.Command {
 					if err != nil {
 						return err
 					}
-					store, _, closeStore, err := openServices(c)
-					if err != nil {
-						return err
-					}
-					defer closeStore()
-					svc, _, err := store.Get(c.Context, ns, name)
-					if err != nil {
-						return refusal(err)
-					}
-					return writeJSON(c.App.Writer, toListed(svc))
+					return withServices(c, func(store *svcetcd.Store, _ *subnet.Config) error {
+						svc, _, err := store.Get(c.Context, ns, name)
+						if err != nil {
+							return refusal(err)
+						}
+						return writeJSON(c.App.Writer, toListed(svc))
+					})
 				},
 			},
 			{
@@ -382,6 +373,17 @@ func refusal(err error) error {
 		return cli.Exit(err.Error(), 1)
 	}
 	return err
+}
+
+// withServices runs f with the service store and the network
+// configuration, and closes the store.
+func withServices(c *cli.Context, f func(*svcetcd.Store, *subnet.Config) error) error {
+	store, cfg, closeStore, err := openServices(c)
+	if err != nil {
+		return err
+	}
+	defer closeStore()
+	return f(store, cfg)
 }
 
 // openServices opens the service store and reads the network
