@@ -4,6 +4,8 @@ import (
 	"net/netip"
 	"testing"
 
+	"github.com/sirupsen/logrus"
+
 	"github.com/weft-net/weft/subnet"
 )
 
@@ -54,6 +56,43 @@ func TestAdmitRefusesOverlaps(t *testing.T) {
 	for k, w := range want {
 		if refused[k] != w {
 			t.Errorf("refused[%s] = %q, want %q", k, refused[k], w)
+		}
+	}
+}
+
+// Leases of different lengths that overlap (a /20 over /24 ones) are
+// contended like equal ones: the smaller key keeps its subnet, and a peer
+// set fed one lease at a time agrees with the full pass.
+func TestAdmitRefusesOverlapsOfOtherLengths(t *testing.T) {
+	self := subnet.Lease{Subnet: netip.MustParsePrefix("100.96.1.0/24")}
+	mk := func(s string) subnet.Lease { return subnet.Lease{Subnet: netip.MustParsePrefix(s)} }
+	leases := []subnet.Lease{mk("100.97.2.0/24"), mk("100.97.0.0/20"), mk("100.98.0.0/24"), mk("100.98.0.0/25"), mk("100.99.0.0/24")}
+	all := map[string]*peer{}
+	for _, l := range leases {
+		all[l.Key()] = &peer{lease: l}
+	}
+	refused, contended := admit(all, self, nil)
+	want := map[string]string{
+		// "100.97.0.0-20" < "100.97.2.0-24": the /20 keeps it.
+		"100.97.2.0-24": "its subnet 100.97.2.0/24 overlaps 100.97.0.0/20, leased by 100.97.0.0-20",
+		"100.98.0.0-25": "its subnet 100.98.0.0/25 overlaps 100.98.0.0/24, leased by 100.98.0.0-24",
+	}
+	if len(refused) != len(want) || len(contended) != len(want) {
+		t.Errorf("refused %v, contended %v", refused, contended)
+	}
+	for k, w := range want {
+		if refused[k] != w {
+			t.Errorf("refused[%s] = %q, want %q", k, refused[k], w)
+		}
+	}
+	// One at a time, in an order where the loser comes first.
+	s := newPeerSet(logrus.NewEntry(logrus.New()), self, nil)
+	for _, l := range []subnet.Lease{leases[0], leases[3], leases[4], leases[1], leases[2]} {
+		s.apply([]subnet.Event{{Type: subnet.Added, Lease: l}})
+	}
+	for k, p := range s.all {
+		if _, lost := want[k]; p.admitted() == lost {
+			t.Errorf("one at a time: %s admitted = %v (%s)", k, p.admitted(), p.refused)
 		}
 	}
 }

@@ -27,6 +27,9 @@ type peerSet struct {
 
 	all   map[string]*peer
 	owner map[netip.Prefix]string // subnet -> the admitted lease's key
+	// lengths counts the admitted subnets per prefix length: a lease of a
+	// length no other has may overlap them without being equal to one.
+	lengths map[subnetLength]int
 	// refused counts the leases not admitted, contended those of them
 	// refused for a subnet another lease holds; counts the admitted ones
 	// by state; byType the admitted ones by backend type.
@@ -64,7 +67,7 @@ type change struct {
 func newPeerSet(log *logrus.Entry, self subnet.Lease, underlay []netip.Prefix) *peerSet {
 	return &peerSet{
 		log: log, self: self, selfKey: self.Key(), underlay: underlay,
-		all: map[string]*peer{}, owner: map[netip.Prefix]string{}, byType: map[string]int{},
+		all: map[string]*peer{}, owner: map[netip.Prefix]string{}, lengths: map[subnetLength]int{}, byType: map[string]int{},
 		before: map[string]*peer{},
 	}
 }
@@ -144,7 +147,7 @@ func (s *peerSet) takeChanges() []change {
 // returns false: admitAll decides).
 func (s *peerSet) admitOne(key string, p *peer) bool {
 	for sn := range p.lease.Subnets {
-		if o, ok := s.owner[sn]; ok && o != key {
+		if o, ok := s.owner[sn]; ok && o != key || s.otherLength(sn) {
 			s.markRefused(p, "contended", true) // until admitAll decides
 			return false
 		}
@@ -157,10 +160,23 @@ func (s *peerSet) admitOne(key string, p *peer) bool {
 	return true
 }
 
+// otherLength reports whether admitted subnets of sn's family have
+// another length than sn: then only admitAll can tell whether they
+// overlap.
+func (s *peerSet) otherLength(sn netip.Prefix) bool {
+	for l := range s.lengths {
+		if l.ipv6 == sn.Addr().Is6() && l.bits != sn.Bits() {
+			return true
+		}
+	}
+	return false
+}
+
 // admitAll works out admission for every lease (see admit).
 func (s *peerSet) admitAll() {
 	refused, contended := admit(s.all, s.self, s.underlay)
 	clear(s.owner)
+	clear(s.lengths)
 	clear(s.byType)
 	s.counts = [backend.NumPeerStates]int{}
 	s.refused, s.contended = 0, 0
@@ -182,6 +198,7 @@ func (s *peerSet) admit(key string, p *peer) {
 	p.refused, p.contended = "", false
 	for sn := range p.lease.Subnets {
 		s.owner[sn] = key
+		s.lengths[lengthOf(sn)]++
 	}
 	s.byType[p.lease.BackendType]++
 	s.counts[p.state]++
@@ -217,6 +234,9 @@ func (s *peerSet) remove(key string, p *peer) {
 	for sn := range p.lease.Subnets {
 		if s.owner[sn] == key {
 			delete(s.owner, sn)
+		}
+		if s.lengths[lengthOf(sn)]--; s.lengths[lengthOf(sn)] <= 0 {
+			delete(s.lengths, lengthOf(sn))
 		}
 	}
 	if s.byType[p.lease.BackendType]--; s.byType[p.lease.BackendType] == 0 {
