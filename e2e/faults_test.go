@@ -193,3 +193,106 @@ func TestUnderlayMTUChangeReachesSubnetEnvAndNewPods(t *testing.T) {
 }
 
 var netipPrefixZero = netip.Prefix{}
+
+// Leases that ask to be reached where no peer can be (#17: this node's own
+// address, multicast, broadcast, a pod address; the all-zero, broadcast,
+// multicast or this node's own VTEP MAC) are refused with one line each
+// naming the reason; the good peers are programmed, no sync fails, and
+// nothing of them reaches the kernel.
+func TestHostileLeasesAreRefused(t *testing.T) {
+	c := startCluster(t, clusterOpts{backend: "vxlan", nodes: 2})
+	addPods(t, c, 1)
+	requireMesh(t, c)
+	n1 := c.Nodes[0]
+	st, err := c.Status(n1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli := etcdClient(t, c)
+	ctx := context.Background()
+	ownMAC := ipOut(t, n1.NS, "cat", "/sys/class/net/weft.1/address")
+	lease := func(ip, mac string) string {
+		return `{"PublicIP":"` + ip + `","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"` + mac + `"}}`
+	}
+	hostile := map[string]struct{ value, why string }{
+		"100.96.210.0-24": {lease(n1.IP.String(), "0e:00:00:00:01:01"), "is this node's own"},
+		"100.96.211.0-24": {lease("224.0.0.1", "0e:00:00:00:01:02"), "is a multicast address"},
+		"100.96.212.0-24": {lease("255.255.255.255", "0e:00:00:00:01:03"), "is the broadcast address"},
+		"100.96.213.0-24": {lease("198.18.0.255", "0e:00:00:00:01:04"), "broadcast address of the underlay network 198.18.0.0/24"},
+		"100.96.214.0-24": {lease("100.96.9.9", "0e:00:00:00:01:05"), "is a pod address"},
+		"100.96.215.0-24": {lease("198.18.0.215", "00:00:00:00:00:00"), "is all zeros"},
+		"100.96.216.0-24": {lease("198.18.0.216", "ff:ff:ff:ff:ff:ff"), "is a multicast or broadcast address"},
+		"100.96.217.0-24": {lease("198.18.0.217", "01:00:5e:00:00:01"), "is a multicast or broadcast address"},
+		"100.96.218.0-24": {lease("198.18.0.218", strings.TrimSpace(ownMAC)), "is this node's own"},
+	}
+	for k, h := range hostile {
+		if _, err := cli.Put(ctx, "/weft/network/subnets/"+k, h.value); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(5 * time.Second) // two resyncs
+	after, err := c.Status(n1)
+	if err != nil || !after.Ready {
+		t.Fatalf("%s after hostile leases: %+v, %v", n1.Name, after, err)
+	}
+	if after.SyncErrors != st.SyncErrors {
+		t.Errorf("sync errors went from %d to %d: one bad peer fails the sync", st.SyncErrors, after.SyncErrors)
+	}
+	routes := ipOut(t, n1.NS, "ip", "route", "show", "proto", "87")
+	neigh := ipOut(t, n1.NS, "ip", "neigh", "show", "dev", "weft.1")
+	log, _ := os.ReadFile(n1.LogFile)
+	for k, h := range hostile {
+		prefix := strings.TrimSuffix(k, "0-24")
+		if strings.Contains(routes, prefix) || strings.Contains(neigh, prefix) {
+			t.Errorf("%s is programmed:\n%s\n%s", k, routes, neigh)
+		}
+		lines := 0
+		for _, l := range strings.Split(string(log), "\n") {
+			if strings.Contains(l, "peer="+k) && strings.Contains(l, "refusing lease") && strings.Contains(l, h.why) {
+				lines++
+			}
+		}
+		if lines != 1 {
+			t.Errorf("%s: %d log lines refusing it because it %s; want one", k, lines, h.why)
+		}
+	}
+	if strings.Contains(neigh, "00:00:00:00:00:00") {
+		t.Errorf("an all-zero MAC reached the kernel:\n%s", neigh)
+	}
+	requireMesh(t, c)
+}
+
+// A second node started with the name of a running one (a cloned image)
+// does not take its lease: it says another node uses the name, in the log
+// and in its status, and is not ready; the first node keeps its lease.
+func TestDuplicateNodeNameDoesNotShareASubnet(t *testing.T) {
+	c := startCluster(t, clusterOpts{backend: "vxlan", nodes: 2})
+	addPods(t, c, 1)
+	requireMesh(t, c)
+	n1 := c.Nodes[0]
+	before, _ := n1.Subnet()
+	clone, err := c.PrepareNode(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clone.Args = []string{"--node-name", n1.Name}
+	if err := c.StartWeftdAsync(clone); err != nil {
+		t.Fatal(err)
+	}
+	want := "another node, at " + n1.IP.String() + ", holds a live lease"
+	testenv.Eventually(t, 20*time.Second, "the clone to say the name is in use", func() (bool, string) {
+		st, err := c.Status(clone)
+		return err == nil && !st.Ready && strings.Contains(st.NotReady, want), fmt.Sprintf("%+v %v", st, err)
+	})
+	if countInLog(t, clone, want) == 0 {
+		t.Error("the clone's log does not say the name is in use")
+	}
+	out, _ := c.Weftctl(context.Background(), "leases", "-o", "json")
+	if !strings.Contains(out, `"publicIP": "`+n1.IP.String()+`"`) || strings.Contains(out, `"publicIP": "`+clone.IP.String()+`"`) {
+		t.Errorf("leases after the clone started:\n%s", out)
+	}
+	if after, _ := n1.Subnet(); after != before {
+		t.Errorf("%s's subnet went from %s to %s", n1.Name, before, after)
+	}
+	requireMesh(t, c)
+}

@@ -123,7 +123,9 @@ func (d *daemon) start(ctx context.Context, g *errgroup.Group) error {
 		}
 		d.closers = append(d.closers, func() { cli.Close() })
 		store = etcd.New(cli, etcd.Options{Prefix: cfg.Prefix, TTL: cfg.LeaseTTL, Log: d.log.WithField("component", "store")})
-		source = &etcdLeases{store: store, subnetFile: cfg.SubnetFile}
+		source = &etcdLeases{store: store, subnetFile: cfg.SubnetFile, waiting: func(err error) {
+			d.board.set(func(b *board) { b.notReady = "acquiring a subnet lease: " + err.Error() })
+		}}
 	}
 	d.source.Store(&source)
 

@@ -39,10 +39,12 @@ type etcdLeases struct {
 	store      *etcd.Store
 	subnetFile string
 	claim      *etcd.Claim
+	// waiting hears why acquiring cannot go on yet (the status shows it).
+	waiting func(error)
 }
 
 func (e *etcdLeases) acquire(ctx context.Context, network *subnet.Config, attrs subnet.Attrs) (leaseClaim, error) {
-	req := etcd.AcquireRequest{Config: network, Attrs: attrs}
+	req := etcd.AcquireRequest{Config: network, Attrs: attrs, Waiting: e.waiting}
 	if prev, err := subnet.ReadEnvFile(e.subnetFile); err == nil {
 		req.Previous, req.PreviousIPv6 = prev.Subnet.Masked(), prev.IPv6Subnet.Masked()
 	}

@@ -1,6 +1,7 @@
 package reconcile
 
 import (
+	"bytes"
 	"fmt"
 	"net/netip"
 
@@ -8,14 +9,13 @@ import (
 )
 
 // admit chooses which leases of other nodes may be programmed: a lease
-// whose subnet overlaps this node's subnet or the underlay (the external
-// interface's networks), or a subnet another lease already claims, is
-// refused, so no peer can route this node's pods away or hijack the
+// that is unfit whatever the others say (see unfit), or claims a subnet
+// another lease already claims, is refused, so no peer can route this node's pods away or hijack the
 // underlay. Of two leases claiming one subnet, or overlapping subnets of
 // different lengths, the smaller key keeps it, so every node refuses the
 // same one. It returns the refused keys with the
 // reason; contended marks those refused for a subnet another lease holds.
-func admit(all map[string]*peer, self subnet.Lease, underlay []netip.Prefix) (refused map[string]string, contended map[string]bool) {
+func admit(all map[string]*peer, self subnet.Lease, underlay, pods []netip.Prefix) (refused map[string]string, contended map[string]bool) {
 	// Leases that overlap this node or the underlay are out whatever the
 	// others hold; of the rest, the smallest key claiming a subnet keeps
 	// it: the same choice on every node, found in one pass without
@@ -23,7 +23,7 @@ func admit(all map[string]*peer, self subnet.Lease, underlay []netip.Prefix) (re
 	refused, contended = map[string]string{}, map[string]bool{}
 	owner := make(map[netip.Prefix]string, len(all))
 	for k, p := range all {
-		if why := overlaps(p.lease, self, underlay); why != "" {
+		if why := unfit(p.lease, self, underlay, pods); why != "" {
 			refused[k] = why
 			continue
 		}
@@ -79,8 +79,82 @@ type subnetLength struct {
 
 func lengthOf(p netip.Prefix) subnetLength { return subnetLength{p.Addr().Is6(), p.Bits()} }
 
-// overlaps says why l may not be programmed whatever other leases there
-// are (its subnet overlaps this node's or the underlay), or "".
+// unfit says why l may not be programmed whatever other leases there are,
+// or "": its subnet overlaps this node's or the underlay; or it asks to be
+// reached at an address no peer can have (unspecified, loopback,
+// multicast, a broadcast address, this node's own address, a pod's) or,
+// for vxlan, through a VTEP MAC no peer can have (all zeros, multicast or
+// broadcast, this node's own). pods are the pod networks.
+func unfit(l, self subnet.Lease, underlay, pods []netip.Prefix) string {
+	if why := overlaps(l, self, underlay); why != "" {
+		return why
+	}
+	for f := range l.Families {
+		a := f.PublicIP
+		if !a.IsValid() {
+			continue // subnet.Config.CheckLease refuses a lease without one
+		}
+		switch {
+		case a.IsUnspecified():
+			return fmt.Sprintf("its public address %s is unspecified", a)
+		case a.IsLoopback():
+			return fmt.Sprintf("its public address %s is a loopback address", a)
+		case a.IsMulticast():
+			return fmt.Sprintf("its public address %s is a multicast address", a)
+		case a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+			return fmt.Sprintf("its public address %s is the broadcast address", a)
+		case a == self.Family(f.IPv6).PublicIP:
+			return fmt.Sprintf("its public address %s is this node's own", a)
+		}
+		for _, u := range underlay {
+			if a == u.Addr() {
+				return fmt.Sprintf("its public address %s is this node's own", a)
+			}
+			if a.Is4() && u.Addr().Is4() && u.Bits() < 31 && a == lastAddr(u) {
+				return fmt.Sprintf("its public address %s is the broadcast address of the underlay network %s", a, u.Masked())
+			}
+		}
+		for _, p := range pods {
+			if p.Contains(a) {
+				return fmt.Sprintf("its public address %s is a pod address (inside the pod network %s)", a, p)
+			}
+		}
+		if l.BackendType != "vxlan" {
+			continue
+		}
+		if mac := subnet.VtepMAC(f.BackendData); mac != nil {
+			switch {
+			case isZero(mac):
+				return fmt.Sprintf("its VtepMAC %s is all zeros", mac)
+			case mac[0]&1 == 1:
+				return fmt.Sprintf("its VtepMAC %s is a multicast or broadcast address", mac)
+			case bytes.Equal(mac, subnet.VtepMAC(self.Family(f.IPv6).BackendData)):
+				return fmt.Sprintf("its VtepMAC %s is this node's own", mac)
+			}
+		}
+	}
+	return ""
+}
+
+// lastAddr is the last address of p (its broadcast address, for IPv4).
+func lastAddr(p netip.Prefix) netip.Addr {
+	b := p.Masked().Addr().As4()
+	host := uint32(1)<<(32-p.Bits()) - 1
+	v := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3]) | host
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+}
+
+func isZero(b []byte) bool {
+	for _, x := range b {
+		if x != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// overlaps says why l's subnets may not be programmed: they overlap this
+// node's or the underlay; or "".
 func overlaps(l, self subnet.Lease, underlay []netip.Prefix) string {
 	for sn := range l.Subnets {
 		for mine := range self.Subnets {

@@ -2,6 +2,7 @@ package reconcile
 
 import (
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/sirupsen/logrus"
@@ -35,7 +36,7 @@ func TestAdmitRefusesOverlaps(t *testing.T) {
 	}
 	delete(all, self.Key()) // the peer set never holds this node's lease
 	underlay := []netip.Prefix{netip.MustParsePrefix("198.18.0.1/24")}
-	refused, contended := admit(all, self, underlay)
+	refused, contended := admit(all, self, underlay, nil)
 	if len(all)-len(refused) != 2 {
 		t.Errorf("refused %v", refused)
 	}
@@ -71,7 +72,7 @@ func TestAdmitRefusesOverlapsOfOtherLengths(t *testing.T) {
 	for _, l := range leases {
 		all[l.Key()] = &peer{lease: l}
 	}
-	refused, contended := admit(all, self, nil)
+	refused, contended := admit(all, self, nil, nil)
 	want := map[string]string{
 		// "100.97.0.0-20" < "100.97.2.0-24": the /20 keeps it.
 		"100.97.2.0-24": "its subnet 100.97.2.0/24 overlaps 100.97.0.0/20, leased by 100.97.0.0-20",
@@ -93,6 +94,40 @@ func TestAdmitRefusesOverlapsOfOtherLengths(t *testing.T) {
 	for k, p := range s.all {
 		if _, lost := want[k]; p.admitted() == lost {
 			t.Errorf("one at a time: %s admitted = %v (%s)", k, p.admitted(), p.refused)
+		}
+	}
+}
+
+// Leases that ask to be reached where no peer can be are refused, each
+// with a reason that names it.
+func TestAdmitRefusesHostileAddresses(t *testing.T) {
+	self := subnet.Lease{Subnet: netip.MustParsePrefix("100.96.1.0/24"), Attrs: subnet.Attrs{
+		PublicIP: netip.MustParseAddr("198.18.0.1"), BackendType: "vxlan", BackendData: []byte(`{"VNI":1,"VtepMAC":"0e:00:00:00:00:01"}`)}}
+	underlay := []netip.Prefix{netip.MustParsePrefix("198.18.0.1/24")}
+	pods := []netip.Prefix{netip.MustParsePrefix("100.96.0.0/12")}
+	vx := func(n int, ip, mac string) subnet.Lease {
+		return subnet.Lease{Subnet: netip.PrefixFrom(netip.AddrFrom4([4]byte{100, 97, byte(n), 0}), 24), Attrs: subnet.Attrs{
+			PublicIP: netip.MustParseAddr(ip), BackendType: "vxlan", BackendData: []byte(`{"VNI":1,"VtepMAC":"` + mac + `"}`)}}
+	}
+	for _, tc := range []struct {
+		lease subnet.Lease
+		want  string
+	}{
+		{vx(1, "198.18.0.2", "0e:00:00:00:00:02"), ""},
+		{vx(2, "198.18.0.1", "0e:00:00:00:00:03"), "its public address 198.18.0.1 is this node's own"},
+		{vx(3, "0.0.0.0", "0e:00:00:00:00:04"), "its public address 0.0.0.0 is unspecified"},
+		{vx(4, "224.0.0.1", "0e:00:00:00:00:05"), "its public address 224.0.0.1 is a multicast address"},
+		{vx(5, "255.255.255.255", "0e:00:00:00:00:06"), "its public address 255.255.255.255 is the broadcast address"},
+		{vx(6, "198.18.0.255", "0e:00:00:00:00:07"), "its public address 198.18.0.255 is the broadcast address of the underlay network 198.18.0.0/24"},
+		{vx(7, "127.0.0.1", "0e:00:00:00:00:08"), "its public address 127.0.0.1 is a loopback address"},
+		{vx(8, "100.96.1.5", "0e:00:00:00:00:09"), "its public address 100.96.1.5 is a pod address (inside the pod network 100.96.0.0/12)"},
+		{vx(9, "198.18.0.9", "00:00:00:00:00:00"), "its VtepMAC 00:00:00:00:00:00 is all zeros"},
+		{vx(10, "198.18.0.10", "ff:ff:ff:ff:ff:ff"), "its VtepMAC ff:ff:ff:ff:ff:ff is a multicast or broadcast address"},
+		{vx(11, "198.18.0.11", "01:00:5e:00:00:01"), "is a multicast or broadcast address"},
+		{vx(12, "198.18.0.12", "0e:00:00:00:00:01"), "its VtepMAC 0e:00:00:00:00:01 is this node's own"},
+	} {
+		if got := unfit(tc.lease, self, underlay, pods); got != tc.want && (tc.want == "" || !strings.Contains(got, tc.want)) {
+			t.Errorf("%s (%s, %s): %q, want %q", tc.lease.Key(), tc.lease.PublicIP, tc.lease.BackendData, got, tc.want)
 		}
 	}
 }

@@ -24,6 +24,7 @@ type peerSet struct {
 	self     subnet.Lease
 	selfKey  string
 	underlay []netip.Prefix
+	pods     []netip.Prefix // the pod networks: no peer is reached at a pod address
 
 	all   map[string]*peer
 	owner map[netip.Prefix]string // subnet -> the admitted lease's key
@@ -152,7 +153,7 @@ func (s *peerSet) admitOne(key string, p *peer) bool {
 			return false
 		}
 	}
-	if why := overlaps(p.lease, s.self, s.underlay); why != "" {
+	if why := unfit(p.lease, s.self, s.underlay, s.pods); why != "" {
 		s.refuse(key, p, why, false)
 		return true
 	}
@@ -174,7 +175,7 @@ func (s *peerSet) otherLength(sn netip.Prefix) bool {
 
 // admitAll works out admission for every lease (see admit).
 func (s *peerSet) admitAll() {
-	refused, contended := admit(s.all, s.self, s.underlay)
+	refused, contended := admit(s.all, s.self, s.underlay, s.pods)
 	clear(s.owner)
 	clear(s.lengths)
 	clear(s.byType)

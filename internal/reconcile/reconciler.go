@@ -182,6 +182,9 @@ const kernelCheckDelay = 500 * time.Millisecond
 // syncing before it would delete routes a restarted daemon should keep.
 func (r *Reconciler) Run(ctx context.Context, self subnet.Lease, in Inputs, out *mailbox.Mailbox[Announcement]) error {
 	peers := newPeerSet(r.log, self, r.ext.Addrs)
+	for _, pool := range r.cfg.Network.Pools() {
+		peers.pods = append(peers.pods, pool.Network)
+	}
 	select {
 	case batch := <-in.Leases:
 		peers.apply(batch)

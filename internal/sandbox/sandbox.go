@@ -109,8 +109,10 @@ type Node struct {
 	SubnetFile string
 	LogFile    string
 	// Env is added to this node's weftd's environment (after
-	// Options.Env).
+	// Options.Env); Args to its command line (they win over the
+	// sandbox's own flags).
 	Env   []string
+	Args  []string
 	weftd *process
 	Pods  []*Pod
 	// registered: its Node object exists (Options.Kube).
@@ -534,6 +536,7 @@ func (c *Cluster) startWeftd(n *Node) (*process, error) {
 		}
 		args = append(args, "--net-config-path", path)
 	}
+	args = append(args, n.Args...)
 	return c.startEnv(n.NS, n.LogFile, append(append([]string(nil), c.opts.Env...), n.Env...), filepath.Join(c.opts.BinDir, "weftd"), args...)
 }
 

@@ -23,6 +23,9 @@ type AcquireRequest struct {
 	// Previous is the subnet (and IPv6 subnet) this node had before, from
 	// its subnet.env; used if it is still free and inside the network.
 	Previous, PreviousIPv6 netip.Prefix
+	// Waiting, if set, hears why acquiring cannot go on yet (another node
+	// holds a live lease under this node's name), for the node's status.
+	Waiting func(err error)
 }
 
 func (r *AcquireRequest) validate() error {
@@ -74,6 +77,17 @@ func (s *Store) Acquire(ctx context.Context, req AcquireRequest) (*Claim, error)
 				return err
 			}
 			c, err := s.choose(log, req, listing, lost)
+			var inUse *NameInUseError
+			if errors.As(err, &inUse) {
+				// Not final: the other node may go away (or be renamed).
+				if s.retries.Allow("name in use", err.Error()) {
+					log.WithError(err).Error("not taking another node's lease")
+				}
+				if req.Waiting != nil {
+					req.Waiting(err)
+				}
+				return err
+			}
 			if err != nil {
 				return retry.Stop(err)
 			}
@@ -129,6 +143,12 @@ func (s *Store) choose(log *logrus.Entry, req AcquireRequest, listing *Listing, 
 		if e.Err != nil || lost[e.Key] || !isMine(&e.Item.Attrs, &req.Attrs) {
 			continue
 		}
+		// Our name, but another address and an etcd lease that is alive
+		// (an expired one takes its key with it): another node runs under
+		// this name. Taking its lease would give two nodes one subnet.
+		if other := otherAddress(&e.Item.Attrs, &req.Attrs); other.IsValid() && e.Lease != clientv3.NoLease {
+			return candidate{}, &NameInUseError{Node: req.Attrs.Node, Other: other, Subnet: e.Key, Key: s.SubnetsPrefix() + e.Key}
+		}
 		if err := cfg.CheckLease(&e.Item); err != nil {
 			log.WithField("subnet", e.Key).WithError(err).Warn("this node's old lease does not fit the network; leasing a new subnet")
 			continue
@@ -173,6 +193,32 @@ func (s *Store) choose(log *logrus.Entry, req AcquireRequest, listing *Listing, 
 		l.IPv6Subnet = sn
 	}
 	return candidate{lease: l, guard: notExists(l)}, nil
+}
+
+// NameInUseError is a live lease of another node under this node's name.
+type NameInUseError struct {
+	Node   string
+	Other  netip.Addr // the other node's public address
+	Subnet string     // its lease's key
+	Key    string     // the key in etcd
+}
+
+func (e *NameInUseError) Error() string {
+	return fmt.Sprintf("another node, at %s, holds a live lease (%s) under this node's name %q: two nodes have the same --node-name; "+
+		"give this one its own (if this node's address changed instead, remove the old lease: weftctl leases, then etcdctl del %s)",
+		e.Other, e.Subnet, e.Node, e.Key)
+}
+
+// otherAddress returns the public address of l if it differs from me's
+// (of a family both have), else the zero address.
+func otherAddress(l, me *subnet.Attrs) netip.Addr {
+	switch {
+	case l.PublicIP.IsValid() && me.PublicIP.IsValid() && l.PublicIP != me.PublicIP:
+		return l.PublicIP
+	case l.PublicIPv6.IsValid() && me.PublicIPv6.IsValid() && l.PublicIPv6 != me.PublicIPv6:
+		return l.PublicIPv6
+	}
+	return netip.Addr{}
 }
 
 // isMine reports whether lease l belongs to the node described by me.

@@ -3,6 +3,7 @@ package etcd
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -367,5 +368,58 @@ func TestListReadsLargeClustersInPagesAtOneRevision(t *testing.T) {
 	resp, _ := cli.Get(ctx, s.SubnetsPrefix(), clientv3.WithPrefix(), clientv3.WithCountOnly())
 	if listing, err = s.List(ctx); err != nil || len(listing.Entries) != n+1 || listing.Revision != resp.Header.Revision {
 		t.Fatalf("second listing: %d entries at revision %d (etcd at %d), %v", len(listing.Entries), listing.Revision, resp.Header.Revision, err)
+	}
+}
+
+// A node with the name of another live node (another address, a live
+// etcd lease) never takes its lease; it waits, saying why, and gets it
+// once the other's lease is gone.
+func TestAcquireDoesNotTakeALiveLeaseOfAnotherAddress(t *testing.T) {
+	srv := testenv.StartEtcd(t)
+	cfg := testConfig(t, `{"Network":"100.96.0.0/12"}`)
+	ctx := ctxFor(t, time.Minute)
+	s1, _ := newStore(t, srv, time.Minute)
+	first, err := s1.Acquire(ctx, AcquireRequest{Config: cfg, Attrs: nodeAttrs(1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s2, _ := newStore(t, srv, time.Minute)
+	clone := nodeAttrs(2)
+	clone.Node = nodeAttrs(1).Node
+	waiting := make(chan error, 100)
+	done := make(chan *Claim, 1)
+	go func() {
+		c, err := s2.Acquire(ctx, AcquireRequest{Config: cfg, Attrs: clone, Waiting: func(err error) { waiting <- err }})
+		if err != nil {
+			t.Error(err)
+		}
+		done <- c
+	}()
+	select {
+	case err := <-waiting:
+		var inUse *NameInUseError
+		if !errors.As(err, &inUse) || inUse.Other != nodeAttrs(1).PublicIP || !strings.Contains(err.Error(), "two nodes have the same --node-name") {
+			t.Errorf("waiting because %v", err)
+		}
+	case c := <-done:
+		t.Fatalf("the clone took a lease at once: %+v", c.Lease())
+	case <-time.After(10 * time.Second):
+		t.Fatal("the clone neither waits nor says why")
+	}
+	_, stored := getValue(t, srv.Client(t), testPrefix+"/subnets/"+first.Lease().Key())
+	if stored.PublicIP != nodeAttrs(1).PublicIP {
+		t.Errorf("the first node's lease was overwritten: %+v", stored)
+	}
+	// The first node goes for good: the clone may have the name.
+	if err := first.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case c := <-done:
+		if c == nil {
+			t.Fatal("no lease")
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the clone did not acquire after the other lease went")
 	}
 }
