@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -40,6 +41,12 @@ func countInLog(t *testing.T, n *sandbox.Node, msg string) int {
 	t.Helper()
 	b, _ := os.ReadFile(n.LogFile)
 	return strings.Count(string(b), msg)
+}
+
+// logTail is the end of n's weftd log, for a failure message.
+func logTail(n *sandbox.Node) string {
+	b, _ := os.ReadFile(n.LogFile)
+	return "log:\n" + testenv.Tail(b, 15)
 }
 
 func TestOwnLeaseDeletedByHandIsRecreated(t *testing.T) {
@@ -195,7 +202,7 @@ func TestUnderlayMTUChangeReachesSubnetEnvAndNewPods(t *testing.T) {
 var netipPrefixZero = netip.Prefix{}
 
 // Leases that ask to be reached where no peer can be (#17: this node's own
-// address, multicast, broadcast, a pod address; the all-zero, broadcast,
+// address, etcd's, multicast, broadcast, a pod address; the all-zero, broadcast,
 // multicast or this node's own VTEP MAC) are refused with one line each
 // naming the reason; the good peers are programmed, no sync fails, and
 // nothing of them reaches the kernel.
@@ -224,6 +231,7 @@ func TestHostileLeasesAreRefused(t *testing.T) {
 		"100.96.216.0-24": {lease("198.18.0.216", "ff:ff:ff:ff:ff:ff"), "is a multicast or broadcast address"},
 		"100.96.217.0-24": {lease("198.18.0.217", "01:00:5e:00:00:01"), "is a multicast or broadcast address"},
 		"100.96.218.0-24": {lease("198.18.0.218", strings.TrimSpace(ownMAC)), "is this node's own"},
+		"100.96.219.0-24": {lease("198.18.0.254", "0e:00:00:00:01:09"), "is etcd's (--etcd-endpoints)"},
 	}
 	for k, h := range hostile {
 		if _, err := cli.Put(ctx, "/weft/network/subnets/"+k, h.value); err != nil {
@@ -293,6 +301,118 @@ func TestDuplicateNodeNameDoesNotShareASubnet(t *testing.T) {
 	}
 	if after, _ := n1.Subnet(); after != before {
 		t.Errorf("%s's subnet went from %s to %s", n1.Name, before, after)
+	}
+	requireMesh(t, c)
+}
+
+// A weftd that cannot write subnet.env (the path is a directory) says
+// why, exits 1 and gives back the lease it had just taken: no orphan
+// lease in etcd.
+func TestUnwritableSubnetFileLeavesNoLease(t *testing.T) {
+	c := startCluster(t, clusterOpts{backend: "vxlan", nodes: 1})
+	n, err := c.PrepareNode(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	n.Args = []string{"--subnet-file", dir}
+	if err := c.StartWeftdAsync(n); err != nil {
+		t.Fatal(err)
+	}
+	want := "writing " + dir + ": it is a directory; the subnet file must be a file (--subnet-file)"
+	testenv.Eventually(t, 20*time.Second, "weftd to say subnet.env is a directory", func() (bool, string) {
+		return countInLog(t, n, want) > 0, logTail(n)
+	})
+	if code := c.StopWeftd(n, syscall.SIGTERM); code != 1 {
+		t.Errorf("exit status %d, want 1", code)
+	}
+	out, err := c.Weftctl(context.Background(), "leases", "-o", "json")
+	if err != nil || strings.Contains(out, `"publicIP": "`+n.IP.String()+`"`) {
+		t.Errorf("leases after weftd gave up (%v):\n%s", err, out)
+	}
+}
+
+// A weftd stopped (SIGSTOP) past its lease TTL says what happened when it
+// runs again, and keeps its subnet.
+func TestStoppedPastTheTTLSaysTheLeaseExpired(t *testing.T) {
+	c := startCluster(t, clusterOpts{backend: "vxlan", nodes: 2, leaseTTL: 6 * time.Second})
+	addPods(t, c, 1)
+	requireMesh(t, c)
+	n2 := c.Nodes[1]
+	before, _ := n2.Subnet()
+	pid := n2.WeftdPID()
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(10 * time.Second) // past the TTL
+	if err := syscall.Kill(pid, syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	want := "etcd lease expired: this weftd did not renew it within its TTL (it was stopped or cut off from etcd); re-creating the same subnet"
+	testenv.Eventually(t, 20*time.Second, "weftd to say its lease expired", func() (bool, string) {
+		return countInLog(t, n2, want) > 0, logTail(n2)
+	})
+	if after, _ := n2.Subnet(); after != before {
+		t.Errorf("subnet went from %s to %s", before, after)
+	}
+	requireMesh(t, c)
+}
+
+// Narrowing SubnetMin/SubnetMax so that a node's subnet falls outside
+// (#17): weftctl refuses unless given --force and names the lease; running
+// nodes apply it (it bounds only new subnets) and the table status shows
+// no problem; a restarted node keeps its route to the node outside, and
+// that node, restarted with its lease gone, keeps its subnet and holds one
+// lease.
+func TestNarrowedSubnetRangeKeepsEveryNode(t *testing.T) {
+	c := startCluster(t, clusterOpts{backend: "vxlan", nodes: 3})
+	addPods(t, c, 1)
+	requireMesh(t, c)
+	ctx := context.Background()
+	n1, n3 := c.Nodes[0], c.Nodes[2]
+	sn3, _ := n3.Subnet()
+	lo, hi := "100.104.0.0", "100.111.255.0"
+	if sn3.Addr().Compare(netip.MustParseAddr(lo)) >= 0 {
+		lo, hi = "100.96.0.0", "100.103.255.0"
+	}
+	conf := `{"Network":"100.96.0.0/12","SubnetMin":"` + lo + `","SubnetMax":"` + hi + `","Backend":{"Type":"vxlan"}}`
+	err := c.SetNetConf(ctx, conf)
+	if err == nil || !strings.Contains(err.Error(), sn3.String()+" (node-3)") || !strings.Contains(err.Error(), "give --force to write it anyway; nothing was written") {
+		t.Fatalf("config set without --force: %v", err)
+	}
+	if err := c.SetNetConf(ctx, conf, "--force"); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 10*time.Second, "node-1 to take the new range", func() (bool, string) {
+		return countInLog(t, n1, "the range of new subnets changed") > 0, logTail(n1)
+	})
+	if st, err := c.Status(n1); err != nil || st.ConfigIssue != "" || !st.Ready {
+		t.Errorf("node-1 after the change: %+v %v", st, err)
+	}
+	// node-1 restarted still programs node-3.
+	c.StopWeftd(n1, syscall.SIGTERM)
+	if err := c.StartWeftd(ctx, n1); err != nil {
+		t.Fatal(err)
+	}
+	if countInLog(t, n1, "ignoring invalid lease") > 0 {
+		t.Errorf("node-1 ignored a lease after its restart:\n%s", logTail(n1))
+	}
+	requireMesh(t, c)
+	// node-3 restarted after its lease was lost keeps its subnet.
+	c.StopWeftd(n3, syscall.SIGTERM)
+	cli := etcdClient(t, c)
+	if _, err := cli.Delete(ctx, leaseKey(t, n3)); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.StartWeftd(ctx, n3); err != nil {
+		t.Fatal(err)
+	}
+	if after, _ := n3.Subnet(); after != sn3 {
+		t.Errorf("node-3 moved from %s to %s", sn3, after)
+	}
+	out, _ := c.Weftctl(ctx, "leases")
+	if n := strings.Count(out, n3.IP.String()); n != 1 {
+		t.Errorf("node-3 holds %d leases:\n%s", n, out)
 	}
 	requireMesh(t, c)
 }

@@ -56,6 +56,9 @@ func (e *Env) Marshal() []byte {
 // new one, never a part. The file is readable and writable by its owner and
 // readable by its group only (mode 0640).
 func WriteEnvFile(path string, e *Env) error {
+	if fi, err := os.Stat(path); err == nil && fi.IsDir() {
+		return fmt.Errorf("writing %s: it is a directory; the subnet file must be a file (--subnet-file)", path)
+	}
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("creating directory for %s: %w", path, err)

@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -52,5 +53,15 @@ func TestParseEnvFlannelFile(t *testing.T) {
 	}
 	if _, err := ParseEnv([]byte("FLANNEL_SUBNET=nope\n")); err == nil {
 		t.Error("accepted a bad FLANNEL_SUBNET")
+	}
+}
+
+// A subnet file path that is a directory gets a message saying so, not
+// rename's "file exists".
+func TestWriteEnvFileToADirectorySaysSo(t *testing.T) {
+	dir := t.TempDir()
+	err := WriteEnvFile(dir, &Env{MTU: 1450})
+	if err == nil || !strings.Contains(err.Error(), dir+": it is a directory") {
+		t.Errorf("got %v", err)
 	}
 }

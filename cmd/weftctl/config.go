@@ -10,6 +10,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/weft-net/weft/subnet"
+	"github.com/weft-net/weft/subnet/etcd"
 )
 
 func configCommand() *cli.Command {
@@ -46,6 +47,9 @@ func configCommand() *cli.Command {
 				Name:      "set",
 				Usage:     "validate FILE (- for standard input) and write it to etcd",
 				ArgsUsage: "FILE",
+				Flags: []cli.Flag{
+					&cli.BoolFlag{Name: "force", Usage: "write a range of new subnets (SubnetMin, SubnetMax) that leaves existing leases outside it"},
+				},
 				Action: func(c *cli.Context) error {
 					if c.NArg() != 1 {
 						return cli.Exit("config set takes exactly one FILE (or - for standard input)", 2)
@@ -65,6 +69,19 @@ func configCommand() *cli.Command {
 						return err
 					}
 					defer closeStore()
+					listing, err := store.List(c.Context)
+					if err != nil {
+						return err
+					}
+					if out := outsideRange(listing, cfg); len(out) > 0 {
+						msg := fmt.Sprintf("%d existing leases lie outside the range of new subnets: %s; their nodes keep them "+
+							"(a lease anywhere in the network is valid), but a node whose lease is lost gets a new subnet inside the range",
+							len(out), strings.Join(out, ", "))
+						if !c.Bool("force") {
+							return cli.Exit(fmt.Sprintf("%s: %s; give --force to write it anyway; nothing was written", name, msg), 2)
+						}
+						printWarnings(c.App.ErrWriter, []string{msg})
+					}
 					if cur, _, err := store.GetConfig(c.Context); err == nil {
 						printWarnings(c.App.ErrWriter, describeChange(cur, cfg))
 					}
@@ -99,7 +116,12 @@ func describeChange(cur, next *subnet.Config) []string {
 		name     string
 		from, to subnet.Pool
 	}{{"IPv4 network", cur.IPv4, next.IPv4}, {"IPv6 network", cur.IPv6, next.IPv6}} {
-		if f.from != f.to {
+		switch {
+		case f.from == f.to:
+		case f.from.Network == f.to.Network && f.from.SubnetLen == f.to.SubnetLen:
+			out = append(out, fmt.Sprintf("the range of new subnets of the %s changes from %s–%s to %s–%s: running nodes apply it "+
+				"to the subnets they lease from now on; existing leases keep their subnets", f.name, f.from.Min, f.from.Max, f.to.Min, f.to.Max))
+		default:
 			out = append(out, fmt.Sprintf("the %s changes from %s to %s: running weftd nodes refuse this (it cannot be applied "+
 				"under running pods) and keep the current one until they restart; plan a restart of every node and its pods",
 				f.name, describePool(f.from), describePool(f.to)))
@@ -138,4 +160,32 @@ func describeBackend(b subnet.Backend) string {
 		s += " (" + strings.Join(opts, ", ") + ")"
 	}
 	return s
+}
+
+// outsideRange names the leases of listing inside next's networks but
+// outside its range of new subnets (SubnetMin to SubnetMax).
+func outsideRange(listing *etcd.Listing, next *subnet.Config) []string {
+	var out []string
+	for _, e := range listing.Entries {
+		if e.Err != nil {
+			continue
+		}
+		for sn := range e.Item.Subnets {
+			p := next.IPv4
+			if sn.Addr().Is6() {
+				p = next.IPv6
+			}
+			if !p.Enabled() || !p.Network.Contains(sn.Addr()) {
+				continue
+			}
+			if sn.Addr().Compare(p.Min) < 0 || sn.Addr().Compare(p.Max) > 0 {
+				who := sn.String()
+				if e.Item.Node != "" {
+					who += " (" + e.Item.Node + ")"
+				}
+				out = append(out, who)
+			}
+		}
+	}
+	return out
 }

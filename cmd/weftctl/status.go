@@ -78,6 +78,9 @@ func printStatus(w io.Writer, st *status.Status, now time.Time) {
 	row("NODE", st.Node)
 	row("READY", ready)
 	row("BACKEND", fmt.Sprintf("%s (interface %s, pod MTU %d)", dash(st.Backend), dash(st.Interface), st.MTU))
+	if st.ConfigIssue != "" {
+		row("CONFIG PROBLEM", st.ConfigIssue)
+	}
 	row("SUBNET", dash(st.Subnet))
 	if st.IPv6Subnet != "" {
 		row("IPV6 SUBNET", st.IPv6Subnet)

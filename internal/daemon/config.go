@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"net/url"
 	"regexp"
 	"time"
 
@@ -150,4 +151,23 @@ func (c *Config) Validate() error {
 		return errors.New("daemon: no logger")
 	}
 	return nil
+}
+
+// infrastructure returns the etcd endpoints given as addresses (not
+// names), which no peer's lease may ask to be reached at.
+func (c *Config) infrastructure() map[netip.Addr]string {
+	infra := map[netip.Addr]string{}
+	if c.Kube.Enabled {
+		return infra
+	}
+	for _, ep := range c.Etcd.Endpoints {
+		u, err := url.Parse(ep)
+		if err != nil {
+			continue
+		}
+		if a, err := netip.ParseAddr(u.Hostname()); err == nil {
+			infra[a.Unmap()] = "etcd's (--etcd-endpoints)"
+		}
+	}
+	return infra
 }

@@ -164,7 +164,7 @@ func (d *daemon) start(ctx context.Context, g *errgroup.Group) error {
 
 	rec := reconcile.New(reconcile.Config{
 		Netlink: nl, Kernel: kernel.New(nl, netns.None()), Network: network, Interface: ext,
-		ResyncInterval: cfg.ResyncInterval, Log: d.log, Metrics: d.metrics,
+		Infrastructure: cfg.infrastructure(), ResyncInterval: cfg.ResyncInterval, Log: d.log, Metrics: d.metrics,
 	})
 	d.rec.Store(rec)
 	first, err := rec.Start(ctx)

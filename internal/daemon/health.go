@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"sync"
@@ -15,6 +16,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/weft-net/weft/backend"
+	"github.com/weft-net/weft/internal/reconcile"
 	"github.com/weft-net/weft/internal/status"
 )
 
@@ -178,6 +180,19 @@ func (m *metrics) ObserveSync(d time.Duration, stats backend.Stats, err error) {
 	m.peers.WithLabelValues("encapsulated").Set(float64(stats.Programmed - stats.Direct))
 }
 
+// failingLimit is how long syncs may keep failing before the node says
+// it is not ready: three resyncs, each of which retried.
+func failingLimit(resync time.Duration) time.Duration { return 3 * resync }
+
+// failing says why the node is not ready when every sync has failed for
+// limit or longer (a peer the kernel keeps refusing), or "".
+func failing(rs reconcile.Status, now time.Time, limit time.Duration) string {
+	if rs.FailingSince.IsZero() || now.Sub(rs.FailingSince) < limit {
+		return ""
+	}
+	return fmt.Sprintf("every sync has failed for %s: %s", now.Sub(rs.FailingSince).Truncate(time.Second), rs.LastSyncErr)
+}
+
 // board is what the daemon itself reports beside its parts: whether it is
 // ready, and why not. It is safe for concurrent use.
 type board struct {
@@ -204,6 +219,9 @@ func (d *daemon) status() status.Status {
 		s.LastSync, s.LastSyncErr, s.SyncErrors = rs.LastSync, rs.LastSyncErr, rs.SyncErrors
 		if rs.ConfigIssue != "" {
 			s.ConfigIssue = rs.ConfigIssue
+		}
+		if why := failing(rs, time.Now(), failingLimit(d.cfg.ResyncInterval)); s.Ready && why != "" {
+			s.Ready, s.NotReady = false, why
 		}
 	}
 	if cp := d.claim.Load(); cp != nil {

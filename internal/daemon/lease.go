@@ -76,7 +76,7 @@ func (d *daemon) announce(ctx context.Context, claim leaseClaim, network *subnet
 		}
 		switch {
 		case written == nil:
-			if err := d.becomeReady(network, env, cur.Key()); err != nil {
+			if err := d.becomeReady(ctx, network, env, claim); err != nil {
 				return err
 			}
 		case *env != *written:
@@ -99,8 +99,9 @@ func (d *daemon) announce(ctx context.Context, claim leaseClaim, network *subnet
 }
 
 // becomeReady installs the nftables table and writes subnet.env, after
-// which the node is ready.
-func (d *daemon) becomeReady(network *subnet.Config, env *subnet.Env, key string) error {
+// which the node is ready. If subnet.env cannot be written weftd stops,
+// and gives back the lease if it was new: no pod can use it.
+func (d *daemon) becomeReady(ctx context.Context, network *subnet.Config, env *subnet.Env, claim leaseClaim) error {
 	conn, err := nftables.New()
 	if err != nil {
 		return fmt.Errorf("opening nftables: %w", err)
@@ -113,6 +114,11 @@ func (d *daemon) becomeReady(network *subnet.Config, env *subnet.Env, key string
 		return err
 	}
 	if err := subnet.WriteEnvFile(d.cfg.SubnetFile, env); err != nil {
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if aerr := claim.Abandon(actx); aerr != nil {
+			d.log.WithError(aerr).Warn("cannot give back the new lease; it expires after --lease-ttl")
+		}
 		return err
 	}
 	d.board.set(func(b *board) { b.ready, b.notReady = true, "" })
@@ -128,6 +134,6 @@ func (d *daemon) becomeReady(network *subnet.Config, env *subnet.Env, key string
 	if err := notifySystemd("READY=1"); err != nil {
 		d.log.WithError(err).Warn("cannot notify systemd")
 	}
-	d.log.WithFields(logrus.Fields{"subnet": key, "subnet_file": d.cfg.SubnetFile}).Info("ready")
+	d.log.WithFields(logrus.Fields{"subnet": claim.Lease().Key(), "subnet_file": d.cfg.SubnetFile}).Info("ready")
 	return nil
 }

@@ -32,6 +32,8 @@ type leaseClaim interface {
 	// TTL is the time the lease has left (negative: it does not expire).
 	TTL() time.Duration
 	Problem() error
+	// Abandon gives back a lease this run created for a new subnet.
+	Abandon(ctx context.Context) error
 }
 
 // etcdLeases are leases in etcd, flannel's layout.

@@ -15,7 +15,7 @@ import (
 // different lengths, the smaller key keeps it, so every node refuses the
 // same one. It returns the refused keys with the
 // reason; contended marks those refused for a subnet another lease holds.
-func admit(all map[string]*peer, self subnet.Lease, underlay, pods []netip.Prefix) (refused map[string]string, contended map[string]bool) {
+func admit(all map[string]*peer, self subnet.Lease, f fences) (refused map[string]string, contended map[string]bool) {
 	// Leases that overlap this node or the underlay are out whatever the
 	// others hold; of the rest, the smallest key claiming a subnet keeps
 	// it: the same choice on every node, found in one pass without
@@ -23,7 +23,7 @@ func admit(all map[string]*peer, self subnet.Lease, underlay, pods []netip.Prefi
 	refused, contended = map[string]string{}, map[string]bool{}
 	owner := make(map[netip.Prefix]string, len(all))
 	for k, p := range all {
-		if why := unfit(p.lease, self, underlay, pods); why != "" {
+		if why := unfit(p.lease, self, f); why != "" {
 			refused[k] = why
 			continue
 		}
@@ -79,14 +79,23 @@ type subnetLength struct {
 
 func lengthOf(p netip.Prefix) subnetLength { return subnetLength{p.Addr().Is6(), p.Bits()} }
 
+// fences are what no peer may claim besides this node's own lease.
+type fences struct {
+	underlay []netip.Prefix // the external interface's networks
+	pods     []netip.Prefix // the pod networks: no peer is reached at a pod address
+	// infra are addresses of the cluster's infrastructure (etcd, the
+	// Kubernetes API server) with what they are: no peer is reached there.
+	infra map[netip.Addr]string
+}
+
 // unfit says why l may not be programmed whatever other leases there are,
 // or "": its subnet overlaps this node's or the underlay; or it asks to be
 // reached at an address no peer can have (unspecified, loopback,
-// multicast, a broadcast address, this node's own address, a pod's) or,
-// for vxlan, through a VTEP MAC no peer can have (all zeros, multicast or
-// broadcast, this node's own). pods are the pod networks.
-func unfit(l, self subnet.Lease, underlay, pods []netip.Prefix) string {
-	if why := overlaps(l, self, underlay); why != "" {
+// multicast, a broadcast address, this node's own address, a pod's,
+// etcd's) or, for vxlan, through a VTEP MAC no peer can have (all zeros,
+// multicast or broadcast, this node's own).
+func unfit(l, self subnet.Lease, fs fences) string {
+	if why := overlaps(l, self, fs.underlay); why != "" {
 		return why
 	}
 	for f := range l.Families {
@@ -106,7 +115,10 @@ func unfit(l, self subnet.Lease, underlay, pods []netip.Prefix) string {
 		case a == self.Family(f.IPv6).PublicIP:
 			return fmt.Sprintf("its public address %s is this node's own", a)
 		}
-		for _, u := range underlay {
+		if what, ok := fs.infra[a]; ok {
+			return fmt.Sprintf("its public address %s is %s", a, what)
+		}
+		for _, u := range fs.underlay {
 			if a == u.Addr() {
 				return fmt.Sprintf("its public address %s is this node's own", a)
 			}
@@ -114,7 +126,7 @@ func unfit(l, self subnet.Lease, underlay, pods []netip.Prefix) string {
 				return fmt.Sprintf("its public address %s is the broadcast address of the underlay network %s", a, u.Masked())
 			}
 		}
-		for _, p := range pods {
+		for _, p := range fs.pods {
 			if p.Contains(a) {
 				return fmt.Sprintf("its public address %s is a pod address (inside the pod network %s)", a, p)
 			}

@@ -36,7 +36,7 @@ func TestAdmitRefusesOverlaps(t *testing.T) {
 	}
 	delete(all, self.Key()) // the peer set never holds this node's lease
 	underlay := []netip.Prefix{netip.MustParsePrefix("198.18.0.1/24")}
-	refused, contended := admit(all, self, underlay, nil)
+	refused, contended := admit(all, self, fences{underlay: underlay})
 	if len(all)-len(refused) != 2 {
 		t.Errorf("refused %v", refused)
 	}
@@ -72,7 +72,7 @@ func TestAdmitRefusesOverlapsOfOtherLengths(t *testing.T) {
 	for _, l := range leases {
 		all[l.Key()] = &peer{lease: l}
 	}
-	refused, contended := admit(all, self, nil, nil)
+	refused, contended := admit(all, self, fences{})
 	want := map[string]string{
 		// "100.97.0.0-20" < "100.97.2.0-24": the /20 keeps it.
 		"100.97.2.0-24": "its subnet 100.97.2.0/24 overlaps 100.97.0.0/20, leased by 100.97.0.0-20",
@@ -87,7 +87,7 @@ func TestAdmitRefusesOverlapsOfOtherLengths(t *testing.T) {
 		}
 	}
 	// One at a time, in an order where the loser comes first.
-	s := newPeerSet(logrus.NewEntry(logrus.New()), self, nil)
+	s := newPeerSet(logrus.NewEntry(logrus.New()), self, fences{})
 	for _, l := range []subnet.Lease{leases[0], leases[3], leases[4], leases[1], leases[2]} {
 		s.apply([]subnet.Event{{Type: subnet.Added, Lease: l}})
 	}
@@ -103,8 +103,11 @@ func TestAdmitRefusesOverlapsOfOtherLengths(t *testing.T) {
 func TestAdmitRefusesHostileAddresses(t *testing.T) {
 	self := subnet.Lease{Subnet: netip.MustParsePrefix("100.96.1.0/24"), Attrs: subnet.Attrs{
 		PublicIP: netip.MustParseAddr("198.18.0.1"), BackendType: "vxlan", BackendData: []byte(`{"VNI":1,"VtepMAC":"0e:00:00:00:00:01"}`)}}
-	underlay := []netip.Prefix{netip.MustParsePrefix("198.18.0.1/24")}
-	pods := []netip.Prefix{netip.MustParsePrefix("100.96.0.0/12")}
+	f := fences{
+		underlay: []netip.Prefix{netip.MustParsePrefix("198.18.0.1/24")},
+		pods:     []netip.Prefix{netip.MustParsePrefix("100.96.0.0/12")},
+		infra:    map[netip.Addr]string{netip.MustParseAddr("198.18.0.254"): "etcd's (--etcd-endpoints)"},
+	}
 	vx := func(n int, ip, mac string) subnet.Lease {
 		return subnet.Lease{Subnet: netip.PrefixFrom(netip.AddrFrom4([4]byte{100, 97, byte(n), 0}), 24), Attrs: subnet.Attrs{
 			PublicIP: netip.MustParseAddr(ip), BackendType: "vxlan", BackendData: []byte(`{"VNI":1,"VtepMAC":"` + mac + `"}`)}}
@@ -125,8 +128,9 @@ func TestAdmitRefusesHostileAddresses(t *testing.T) {
 		{vx(10, "198.18.0.10", "ff:ff:ff:ff:ff:ff"), "its VtepMAC ff:ff:ff:ff:ff:ff is a multicast or broadcast address"},
 		{vx(11, "198.18.0.11", "01:00:5e:00:00:01"), "is a multicast or broadcast address"},
 		{vx(12, "198.18.0.12", "0e:00:00:00:00:01"), "its VtepMAC 0e:00:00:00:00:01 is this node's own"},
+		{vx(13, "198.18.0.254", "0e:00:00:00:00:0d"), "its public address 198.18.0.254 is etcd's (--etcd-endpoints)"},
 	} {
-		if got := unfit(tc.lease, self, underlay, pods); got != tc.want && (tc.want == "" || !strings.Contains(got, tc.want)) {
+		if got := unfit(tc.lease, self, f); got != tc.want && (tc.want == "" || !strings.Contains(got, tc.want)) {
 			t.Errorf("%s (%s, %s): %q, want %q", tc.lease.Key(), tc.lease.PublicIP, tc.lease.BackendData, got, tc.want)
 		}
 	}

@@ -23,8 +23,7 @@ type peerSet struct {
 	refusals ratelog.Limiter // a refusal is logged once per lease and reason
 	self     subnet.Lease
 	selfKey  string
-	underlay []netip.Prefix
-	pods     []netip.Prefix // the pod networks: no peer is reached at a pod address
+	fences   fences
 
 	all   map[string]*peer
 	owner map[netip.Prefix]string // subnet -> the admitted lease's key
@@ -65,9 +64,9 @@ type change struct {
 	old, new *peer
 }
 
-func newPeerSet(log *logrus.Entry, self subnet.Lease, underlay []netip.Prefix) *peerSet {
+func newPeerSet(log *logrus.Entry, self subnet.Lease, f fences) *peerSet {
 	return &peerSet{
-		log: log, self: self, selfKey: self.Key(), underlay: underlay,
+		log: log, self: self, selfKey: self.Key(), fences: f,
 		all: map[string]*peer{}, owner: map[netip.Prefix]string{}, lengths: map[subnetLength]int{}, byType: map[string]int{},
 		before: map[string]*peer{},
 	}
@@ -110,8 +109,8 @@ func (s *peerSet) apply(batch []subnet.Event) {
 // setUnderlay records the external interface's networks and, when they
 // changed, works out admission again.
 func (s *peerSet) setUnderlay(underlay []netip.Prefix) {
-	if !slices.Equal(underlay, s.underlay) {
-		s.underlay = underlay
+	if !slices.Equal(underlay, s.fences.underlay) {
+		s.fences.underlay = underlay
 		s.admitAll()
 	}
 }
@@ -153,7 +152,7 @@ func (s *peerSet) admitOne(key string, p *peer) bool {
 			return false
 		}
 	}
-	if why := unfit(p.lease, s.self, s.underlay, s.pods); why != "" {
+	if why := unfit(p.lease, s.self, s.fences); why != "" {
 		s.refuse(key, p, why, false)
 		return true
 	}
@@ -175,7 +174,7 @@ func (s *peerSet) otherLength(sn netip.Prefix) bool {
 
 // admitAll works out admission for every lease (see admit).
 func (s *peerSet) admitAll() {
-	refused, contended := admit(s.all, s.self, s.underlay, s.pods)
+	refused, contended := admit(s.all, s.self, s.fences)
 	clear(s.owner)
 	clear(s.lengths)
 	clear(s.byType)

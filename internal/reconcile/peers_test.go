@@ -46,7 +46,7 @@ func describe(changes []change) []string {
 
 func TestPeerSetReportsChangesSinceLastTaken(t *testing.T) {
 	logger, _ := logtest.NewNullLogger()
-	s := newPeerSet(logrus.NewEntry(logger), lease(1), nil)
+	s := newPeerSet(logrus.NewEntry(logger), lease(1), fences{})
 	s.apply(added(lease(1), lease(2), lease(3)))
 	if got, want := describe(s.takeChanges()), []string{"100.96.2.0-24: - -> 198.18.0.2", "100.96.3.0-24: - -> 198.18.0.3"}; !slices.Equal(got, want) {
 		t.Errorf("first batch: %v, want %v", got, want)
@@ -72,7 +72,7 @@ func TestPeerSetReportsChangesSinceLastTaken(t *testing.T) {
 
 func TestPeerSetHandsAContendedSubnetOverWhenItsHolderLeaves(t *testing.T) {
 	logger, hook := logtest.NewNullLogger()
-	s := newPeerSet(logrus.NewEntry(logger), lease(1), nil)
+	s := newPeerSet(logrus.NewEntry(logger), lease(1), fences{})
 	holder := lease(2)
 	holder.IPv6Subnet = netip.MustParsePrefix("fd96:0:0:2::/64")
 	rival := lease(2) // same IPv4 subnet, another IPv6 one: a larger key
@@ -100,7 +100,7 @@ func TestPeerSetHandsAContendedSubnetOverWhenItsHolderLeaves(t *testing.T) {
 
 func TestPeerSetReadmitsWhenTheUnderlayChanges(t *testing.T) {
 	logger, _ := logtest.NewNullLogger()
-	s := newPeerSet(logrus.NewEntry(logger), lease(1), nil)
+	s := newPeerSet(logrus.NewEntry(logger), lease(1), fences{})
 	s.apply(added(lease(2), lease(3)))
 	s.takeChanges()
 	s.setUnderlay([]netip.Prefix{netip.MustParsePrefix("100.96.3.7/24")})

@@ -56,6 +56,10 @@ type Config struct {
 	Backends  map[string]backend.Constructor
 	Network   *subnet.Config
 	Interface *backend.ExternalInterface
+	// Infrastructure are the addresses of etcd or the Kubernetes API
+	// server, with what each is ("etcd's (--etcd-endpoints)"): a lease
+	// asking to be reached at one of them is refused.
+	Infrastructure map[netip.Addr]string
 	// ResyncInterval is how often the kernel is compared with the leases
 	// even without events (drift repair).
 	ResyncInterval time.Duration
@@ -102,6 +106,9 @@ type Status struct {
 	LastSync    time.Time
 	LastSyncErr string
 	SyncErrors  uint64
+	// FailingSince is when the first of the syncs failed that have failed
+	// since the last one that succeeded; zero if the last one succeeded.
+	FailingSince time.Time
 	// ConfigIssue says why the last configuration change was refused.
 	ConfigIssue string
 }
@@ -181,10 +188,11 @@ const kernelCheckDelay = 500 * time.Millisecond
 // changes. It waits for the first listing before touching the kernel:
 // syncing before it would delete routes a restarted daemon should keep.
 func (r *Reconciler) Run(ctx context.Context, self subnet.Lease, in Inputs, out *mailbox.Mailbox[Announcement]) error {
-	peers := newPeerSet(r.log, self, r.ext.Addrs)
+	f := fences{underlay: r.ext.Addrs, infra: r.cfg.Infrastructure}
 	for _, pool := range r.cfg.Network.Pools() {
-		peers.pods = append(peers.pods, pool.Network)
+		f.pods = append(f.pods, pool.Network)
 	}
+	peers := newPeerSet(r.log, self, f)
 	select {
 	case batch := <-in.Leases:
 		peers.apply(batch)
@@ -292,7 +300,13 @@ func (r *Reconciler) sync(ctx context.Context, self *subnet.Lease, peers *peerSe
 	r.cfg.Metrics.ObserveSync(time.Since(start), stats, err)
 	r.status.Peers = status.Peers{Known: known, Programmed: stats.Programmed, OtherType: stats.OtherType, Unreachable: stats.Unreachable, Direct: stats.Direct}
 	r.status.LastSync, r.status.LastSyncErr = time.Now(), ""
-	if err != nil {
+	switch {
+	case err == nil:
+		r.status.FailingSince = time.Time{}
+	case r.status.FailingSince.IsZero():
+		r.status.FailingSince = r.status.LastSync
+		fallthrough
+	default:
 		r.status.LastSyncErr = err.Error()
 		r.status.SyncErrors++
 	}
@@ -421,10 +435,15 @@ func (r *Reconciler) update(ctx context.Context, changes []change, peers *peerSe
 func (r *Reconciler) applyConfig(ctx context.Context, self *subnet.Lease, cfg *subnet.Config) {
 	log := r.log.WithField("component", "config")
 	cur := r.network
-	if cfg.IPv4 != cur.IPv4 || cfg.IPv6 != cur.IPv6 {
+	if describePools(cfg) != describePools(cur) {
 		r.rejectConfig(log, fmt.Sprintf("the pod networks changed (%s → %s); this cannot be applied to running nodes: keeping %s until weftd restarts",
 			describePools(cur), describePools(cfg), describePools(cur)))
 		return
+	}
+	if cfg.IPv4 != cur.IPv4 || cfg.IPv6 != cur.IPv6 {
+		// SubnetMin and SubnetMax bound where new subnets are leased; a
+		// lease anywhere in the network stays valid.
+		log.Infof("the range of new subnets changed (%s → %s); existing leases stay where they are", describeRanges(cur), describeRanges(cfg))
 	}
 	r.status.ConfigIssue = ""
 	if cfg.Backend == cur.Backend {
@@ -475,6 +494,7 @@ func (r *Reconciler) applyInterface(ctx context.Context, self *subnet.Lease, fre
 	}
 }
 
+// describePools names c's pod networks and subnet lengths.
 func describePools(c *subnet.Config) string {
 	var s string
 	for _, p := range c.Pools() {
@@ -482,6 +502,18 @@ func describePools(c *subnet.Config) string {
 			s += " and "
 		}
 		s += fmt.Sprintf("%s/%d subnets", p.Network, p.SubnetLen)
+	}
+	return s
+}
+
+// describeRanges names the ranges new subnets of c are leased from.
+func describeRanges(c *subnet.Config) string {
+	var s string
+	for _, p := range c.Pools() {
+		if s != "" {
+			s += " and "
+		}
+		s += fmt.Sprintf("%s–%s", netip.PrefixFrom(p.Min, p.SubnetLen), netip.PrefixFrom(p.Max, p.SubnetLen))
 	}
 	return s
 }

@@ -28,6 +28,8 @@ type fakeKernel struct {
 	syncs   int
 	updates int
 	routes  map[netip.Prefix]kernel.Route
+	// refuse is a destination the kernel refuses; the others are applied.
+	refuse netip.Prefix
 }
 
 var _ Programmer = (*fakeKernel)(nil)
@@ -39,10 +41,15 @@ func (k *fakeKernel) Sync(w *kernel.Want) kernel.Result {
 	defer k.mu.Unlock()
 	k.syncs++
 	k.routes = map[netip.Prefix]kernel.Route{}
+	var res kernel.Result
 	for _, r := range w.Routes {
+		if r.Dst == k.refuse {
+			res.Err = fmt.Errorf("route %s: file exists", r.Dst)
+			continue
+		}
 		k.routes[r.Dst] = r
 	}
-	return kernel.Result{}
+	return res
 }
 
 func (k *fakeKernel) Update(changes []kernel.Change) kernel.Result {
@@ -61,6 +68,10 @@ func (k *fakeKernel) Update(changes []kernel.Change) kernel.Result {
 		}
 		if c.New != nil {
 			for _, r := range c.New.Routes {
+				if r.Dst == k.refuse {
+					res.Err = fmt.Errorf("route %s: file exists", r.Dst)
+					continue
+				}
 				k.routes[r.Dst] = r
 			}
 		}
@@ -286,4 +297,28 @@ func TestAnMTUOnlyInterfaceChangeIsAnnounced(t *testing.T) {
 	if st := h.r.Status(); st.MTU != 1350 {
 		t.Errorf("status MTU %d, want 1350", st.MTU)
 	}
+}
+
+// A peer the kernel refuses does not keep the others out, and the status
+// says since when syncs have failed until one succeeds again.
+func TestARefusedPeerIsReportedAndTheOthersProgrammed(t *testing.T) {
+	h := start(t, lease(1))
+	h.k.mu.Lock()
+	h.k.refuse = lease(3).Subnet
+	h.k.mu.Unlock()
+	h.events <- []subnet.Event{{Type: subnet.Added, Lease: lease(2)}, {Type: subnet.Added, Lease: lease(3)}, {Type: subnet.Added, Lease: lease(4)}}
+	h.wait(t, keys(2, 4))
+	testenv.Eventually(t, 5*time.Second, "the status to say syncs fail", func() (bool, string) {
+		st := h.r.Status()
+		return !st.FailingSince.IsZero() && strings.Contains(st.LastSyncErr, "100.96.3.0/24"), fmt.Sprintf("%+v", st)
+	})
+	h.k.mu.Lock()
+	h.k.refuse = netip.Prefix{}
+	h.k.mu.Unlock()
+	h.events <- []subnet.Event{{Type: subnet.Added, Lease: lease(5)}}
+	h.wait(t, keys(2, 3, 4, 5))
+	testenv.Eventually(t, 5*time.Second, "the status to say syncs succeed", func() (bool, string) {
+		st := h.r.Status()
+		return st.FailingSince.IsZero() && st.LastSyncErr == "", fmt.Sprintf("%+v", st)
+	})
 }

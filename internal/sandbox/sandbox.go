@@ -354,10 +354,12 @@ func (c *Cluster) StopEtcd() {
 	}
 }
 
-// SetNetConf writes net-conf.json to etcd with the weftctl next to weftd.
-func (c *Cluster) SetNetConf(ctx context.Context, conf string) error {
-	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", c.Fabric, filepath.Join(c.opts.BinDir, "weftctl"),
-		"--etcd-endpoints", c.EtcdEndpoints(), "config", "set", "-")
+// SetNetConf writes net-conf.json to etcd with the weftctl next to weftd;
+// flags go to 'weftctl config set'.
+func (c *Cluster) SetNetConf(ctx context.Context, conf string, flags ...string) error {
+	args := append([]string{"netns", "exec", c.Fabric, filepath.Join(c.opts.BinDir, "weftctl"),
+		"--etcd-endpoints", c.EtcdEndpoints(), "config", "set"}, flags...)
+	cmd := exec.CommandContext(ctx, "ip", append(args, "-")...)
 	cmd.Stdin = strings.NewReader(conf)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("weftctl config set: %v: %s", err, out)

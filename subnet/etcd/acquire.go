@@ -108,7 +108,9 @@ func (s *Store) Acquire(ctx context.Context, req AcquireRequest) (*Claim, error)
 				s.revokeIfEmpty(ctx, c.previous)
 			}
 			l.Attrs = req.Attrs
-			claim = &Claim{store: s, log: log, lease: l, id: id, expires: time.Now().Add(s.ttl), listing: listing}
+			claim = &Claim{store: s, log: log, lease: l, id: id, expires: time.Now().Add(s.ttl), listing: listing,
+				fresh: c.previous == clientv3.NoLease && !(l.Subnet.IsValid() && l.Subnet == req.Previous) &&
+					!(l.IPv6Subnet.IsValid() && l.IPv6Subnet == req.PreviousIPv6)}
 			log.WithFields(logrus.Fields{"subnet": l.Key(), "etcd_lease": fmt.Sprintf("%x", int64(id)), "ttl": s.ttl}).Info("acquired subnet")
 			return nil
 		}
@@ -169,9 +171,13 @@ func (s *Store) choose(log *logrus.Entry, req AcquireRequest, listing *Listing, 
 	}
 
 	prev := subnet.Lease{Subnet: req.Previous, IPv6Subnet: req.PreviousIPv6}
+	// The subnet subnet.env names is the one this node's pods use: keep it
+	// if it is free and in the network, even outside SubnetMin and
+	// SubnetMax (those bound where new subnets are leased).
+	keeps := func(p subnet.Pool, sn netip.Prefix) bool { return p.InNetwork(sn) && sn.Bits() == p.SubnetLen }
 	prevOK := cfg.IPv4.Enabled() == req.Previous.IsValid() && cfg.IPv6.Enabled() == req.PreviousIPv6.IsValid()
-	if prevOK && (!req.Previous.IsValid() || cfg.IPv4.Contains(req.Previous) && !takenV4[req.Previous]) &&
-		(!req.PreviousIPv6.IsValid() || cfg.IPv6.Contains(req.PreviousIPv6) && !takenV6[req.PreviousIPv6]) {
+	if prevOK && (!req.Previous.IsValid() || keeps(cfg.IPv4, req.Previous) && !takenV4[req.Previous]) &&
+		(!req.PreviousIPv6.IsValid() || keeps(cfg.IPv6, req.PreviousIPv6) && !takenV6[req.PreviousIPv6]) {
 		return candidate{lease: prev, guard: notExists(prev)}, nil
 	}
 

@@ -28,6 +28,9 @@ type Claim struct {
 	id      clientv3.LeaseID // guarded by mu
 	problem error            // guarded by mu; why the claim is not healthy
 	expires time.Time        // guarded by mu; per the last grant or keep-alive answer
+	// fresh: Acquire created the key for a subnet this node did not have
+	// before (neither its key nor its subnet.env named it).
+	fresh bool
 }
 
 // Lease returns the lease held.
@@ -122,8 +125,7 @@ func (c *Claim) holdUntilLost(ctx context.Context) {
 				c.renewed(time.Duration(resp.TTL) * time.Second)
 			}
 			if !ok {
-				c.log.WithFields(logrus.Fields{"subnet": c.Lease().Key(), "etcd_lease": fmt.Sprintf("%x", int64(id))}).
-					Warn("etcd lease lost (expired while etcd was unreachable?); re-creating the same subnet")
+				c.logExpired(id)
 				return
 			}
 		case resp, ok := <-watch:
@@ -134,6 +136,9 @@ func (c *Claim) holdUntilLost(ctx context.Context) {
 			}
 			for _, ev := range resp.Events {
 				switch {
+				case ev.Type == clientv3.EventTypeDelete && s.leaseGone(hctx, id):
+					c.logExpired(id)
+					return
 				case ev.Type == clientv3.EventTypeDelete:
 					c.log.WithField("subnet", c.Lease().Key()).Warn("this node's lease was deleted from etcd; re-creating it")
 					return
@@ -144,6 +149,22 @@ func (c *Claim) holdUntilLost(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// logExpired says that the etcd lease id expired, which is all that is
+// known: this process did not renew it in time.
+func (c *Claim) logExpired(id clientv3.LeaseID) {
+	c.log.WithFields(logrus.Fields{"subnet": c.Lease().Key(), "etcd_lease": fmt.Sprintf("%x", int64(id))}).
+		Warn("etcd lease expired: this weftd did not renew it within its TTL (it was stopped or cut off from etcd); re-creating the same subnet")
+}
+
+// leaseGone reports whether etcd no longer knows the etcd lease id (it
+// expired or was revoked).
+func (s *Store) leaseGone(ctx context.Context, id clientv3.LeaseID) bool {
+	cctx, cancel := s.call(ctx)
+	defer cancel()
+	resp, err := s.cli.TimeToLive(cctx, id)
+	return err == nil && resp.TTL == -1
 }
 
 // retake re-creates the claim's key with a fresh etcd lease, retrying until
@@ -227,6 +248,17 @@ func (c *Claim) Release(ctx context.Context) error {
 		return fmt.Errorf("revoking etcd lease %x: %w", int64(id), err)
 	}
 	return nil
+}
+
+// Abandon gives the lease back if Acquire created it for a subnet this
+// node did not have before, so that a node that cannot start (subnet.env
+// cannot be written) leaves no lease behind; a subnet the node had before
+// is kept for its pods.
+func (c *Claim) Abandon(ctx context.Context) error {
+	if !c.fresh {
+		return nil
+	}
+	return c.Release(ctx)
 }
 
 // Update publishes new attributes on the claim's key (a backend switch),

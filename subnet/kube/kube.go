@@ -292,6 +292,9 @@ func (c *Claim) Update(ctx context.Context, attrs subnet.Attrs) error {
 // returns when ctx ends.
 func (c *Claim) Keep(ctx context.Context) { <-ctx.Done() }
 
+// Abandon does nothing: the podCIDR is kube-controller-manager's.
+func (c *Claim) Abandon(context.Context) error { return nil }
+
 // TTL is -1 s: a Node has no time to live.
 func (c *Claim) TTL() time.Duration { return -time.Second }
 
