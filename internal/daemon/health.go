@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -191,21 +190,6 @@ func failing(rs reconcile.Status, now time.Time, limit time.Duration) string {
 		return ""
 	}
 	return fmt.Sprintf("every sync has failed for %s: %s", now.Sub(rs.FailingSince).Truncate(time.Second), rs.LastSyncErr)
-}
-
-// board is what the daemon itself reports beside its parts: whether it is
-// ready, and why not. It is safe for concurrent use.
-type board struct {
-	mu          sync.Mutex
-	ready       bool   // guarded by mu
-	notReady    string // guarded by mu; why, when not ready
-	configIssue string // guarded by mu; why a new configuration document was refused
-}
-
-func (b *board) set(f func(*board)) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	f(b)
 }
 
 // status is what /status serves: the daemon's own state, the
