@@ -237,3 +237,34 @@ func TestKubeManifestsAreAccepted(t *testing.T) {
 		}
 	}
 }
+
+// In Kubernetes mode a backend switch is an edit of the ConfigMap, picked
+// up from the mounted file as in etcd mode: every node switches live, its
+// Node's annotations say the new backend, and no ping is lost.
+func TestKubeModeSwitchesBackendLive(t *testing.T) {
+	requireKube(t)
+	c := startCluster(t, clusterOpts{backend: "vxlan", nodes: 2, kube: true})
+	addPods(t, c, 1)
+	requireMesh(t, c)
+	ps := pingAll(t, c)
+	time.Sleep(time.Second)
+	for _, n := range c.Nodes {
+		if err := c.SetNodeConfig(n, netConf("host-gw")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitForBackend(t, c, "host-gw")
+	cs := kubeClient(t, c)
+	for _, n := range c.Nodes {
+		testenv.Eventually(t, 15*time.Second, n.Name+"'s Node to announce host-gw", func() (bool, string) {
+			node, err := cs.CoreV1().Nodes().Get(context.Background(), n.Name, metav1.GetOptions{})
+			if err != nil {
+				return false, err.Error()
+			}
+			a := node.Annotations[kube.DefaultPrefix+"/backend-type"]
+			return a == "host-gw", a
+		})
+	}
+	requireNoOutage(t, ps)
+	requireMesh(t, c)
+}

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"strings"
 	"syscall"
@@ -13,7 +14,7 @@ import (
 )
 
 func TestStatusMetricsAndReadiness(t *testing.T) {
-	c := startCluster(t, clusterOpts{backend: "vxlan", nodes: 3})
+	c := startCluster(t, clusterOpts{backend: "vxlan", nodes: 3, env: []string{"WEFTD_METRICS_ADDR=:9285"}})
 	n1 := c.Nodes[0]
 	testenv.Eventually(t, 10*time.Second, "node-1 sees both peers", func() (bool, string) {
 		st, err := c.Status(n1)
@@ -28,16 +29,40 @@ func TestStatusMetricsAndReadiness(t *testing.T) {
 		t.Fatalf("/metrics = %d, %v", code, err)
 	}
 	for _, want := range []string{
-		`weft_peers{state="programmed"} 2`,
+		`weft_peers{state="encapsulated"} 2`,
 		`weft_backend_info{type="vxlan"} 1`,
+		`weft_build_info{commit="`,
 		`weft_ready 1`,
 		`weft_sync_errors_total 0`,
 		`weft_etcd_watch_restarts_total 0`,
+		`weft_etcd_connected 1`,
+		`weft_etcd_request_duration_seconds_count{method="Txn"}`,
+		`weft_lease_problem 0`,
 		`weft_sync_duration_seconds_count`,
 		`weft_lease_ttl_seconds`,
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	// The states of weft_peers sum to the peers.
+	sum := 0.0
+	for _, line := range strings.Split(body, "\n") {
+		if strings.HasPrefix(line, "weft_peers{") {
+			var v float64
+			fmt.Sscan(line[strings.LastIndexByte(line, ' ')+1:], &v)
+			sum += v
+		}
+	}
+	if sum != 2 {
+		t.Errorf("weft_peers sums to %v, want 2 peers", sum)
+	}
+	// The metrics address answers from another machine (the fabric), with
+	// /metrics and the probes but not /status.
+	url := "http://" + n1.IP.String() + ":9285"
+	for path, want := range map[string]int{"/metrics": 200, "/healthz": 200, "/readyz": 200, "/status": 404} {
+		if code, _, err := sandbox.GetIn(c.Fabric, url+path); err != nil || code != want {
+			t.Errorf("%s%s from the fabric: %d %v, want %d", url, path, code, err, want)
 		}
 	}
 	// weftctl status inside the node shows the same.

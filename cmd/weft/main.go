@@ -9,5 +9,5 @@ import (
 )
 
 func main() {
-	skel.PluginMainFuncs(cni.Funcs, cni.Versions, "weft CNI plugin "+version.Version)
+	skel.PluginMainFuncs(cni.Funcs, cni.Versions, "weft CNI plugin "+version.Get().String())
 }

@@ -17,21 +17,27 @@ func main() {
 	app := &cli.App{
 		Name:    "weftctl",
 		Usage:   "inspect and edit weft's leases, configuration and services",
-		Version: version.Version,
-		Flags:   etcdflags.Flags("WEFTCTL"),
+		Version:              version.Get().String(),
+		Flags:                etcdflags.Flags("WEFTCTL"),
+		EnableBashCompletion: true,
 		Commands: []*cli.Command{
 			leasesCommand(),
 			configCommand(),
 			serviceCommand(),
 			statusCommand(),
 			sandboxCommand(),
+			completionCommand(),
 		},
-		ExitErrHandler: func(*cli.Context, error) {}, // main prints and exits
+		HideHelpCommand: true,
+		ExitErrHandler:  func(*cli.Context, error) {}, // main prints and exits
 	}
+	notFound(app)
 	usageErrorsExit2(app.Commands)
 	app.OnUsageError = usageError
 	if err := app.Run(flagsFirst(app, os.Args)); err != nil {
-		fmt.Fprintln(os.Stderr, "weftctl:", err)
+		if msg := err.Error(); msg != "" { // "": the output said it (status: not ready)
+			fmt.Fprintln(os.Stderr, "weftctl:", msg)
+		}
 		if diagnose != nil {
 			if why := diagnose(); why != nil {
 				fmt.Fprintln(os.Stderr, "weftctl:", why)
@@ -115,6 +121,46 @@ func usageErrorsExit2(cmds []*cli.Command) {
 		c.OnUsageError = usageError
 		usageErrorsExit2(c.Subcommands)
 	}
+}
+
+// notFound makes an unknown command a usage error (exit 2) naming it and
+// the commands there are, at every level.
+func notFound(app *cli.App) {
+	app.CommandNotFound = func(c *cli.Context, name string) {
+		fmt.Fprintf(c.App.ErrWriter, "weftctl: %q is not a weftctl command; use one of %s\n", name, commandNames(app.Commands))
+		os.Exit(2)
+	}
+	var walk func(cmds []*cli.Command, path string)
+	walk = func(cmds []*cli.Command, path string) {
+		for _, cmd := range cmds {
+			if len(cmd.Subcommands) == 0 {
+				continue
+			}
+			full, subs := path+" "+cmd.Name, cmd.Subcommands
+			if cmd.Action == nil {
+				// A command that only groups others: its bare name or an
+				// unknown word is a usage error.
+				cmd.Action = func(c *cli.Context) error {
+					if c.NArg() == 0 {
+						return cli.Exit(fmt.Sprintf("weftctl%s needs a command: one of %s", full, commandNames(subs)), 2)
+					}
+					return cli.Exit(fmt.Sprintf("%q is not a weftctl%s command; use one of %s", c.Args().First(), full, commandNames(subs)), 2)
+				}
+			}
+			walk(subs, full)
+		}
+	}
+	walk(app.Commands, "")
+}
+
+func commandNames(cmds []*cli.Command) string {
+	var names []string
+	for _, c := range cmds {
+		if !c.Hidden {
+			names = append(names, c.Name)
+		}
+	}
+	return strings.Join(names, ", ")
 }
 
 // exitCode is 2 for bad input (usage, flags, configuration) and 1 otherwise.

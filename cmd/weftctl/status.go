@@ -34,10 +34,13 @@ func statusCommand() *cli.Command {
 			if format == "json" {
 				enc := json.NewEncoder(c.App.Writer)
 				enc.SetIndent("", "  ")
-				return enc.Encode(st)
+				if err := enc.Encode(st); err != nil {
+					return err
+				}
+			} else {
+				printStatus(c.App.Writer, st, time.Now())
 			}
-			printStatus(c.App.Writer, st, time.Now())
-			if !st.Ready {
+			if !st.Ready { // in either form: probes and scripts rely on it
 				return cli.Exit("", 1)
 			}
 			return nil

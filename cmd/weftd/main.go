@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -37,10 +38,11 @@ func main() {
 func run(args []string) int {
 	code := 0
 	app := &cli.App{
-		Name:    "weftd",
-		Usage:   "weft's node daemon: lease this node's pod subnet and make every pod reachable",
-		Version: version.Version,
-		Flags:   flags(),
+		Name:            "weftd",
+		Usage:           "weft's node daemon: lease this node's pod subnet and make every pod reachable",
+		Version:         version.Get().String(),
+		Flags:           flags(),
+		HideHelpCommand: true,
 		Action: func(c *cli.Context) error {
 			cfg, err := configFrom(c, args)
 			if err != nil {
@@ -75,10 +77,67 @@ func env(name string) []string {
 	return []string{"WEFTD_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))}
 }
 
+// flannelNames are the flags flanneld has under the same name and
+// meaning: FLANNELD_<NAME> sets one when WEFTD_<NAME> does not, so that a
+// flanneld unit or manifest works with only the binary changed.
+var flannelNames = []string{
+	"etcd-endpoints", "etcd-prefix", "etcd-cafile", "etcd-certfile", "etcd-keyfile", "etcd-username", "etcd-password",
+	"iface", "iface-regex", "iface-can-reach", "public-ip", "public-ipv6", "subnet-file", "ip-masq", "net-config-path",
+	"kube-subnet-mgr", "kubeconfig-file", "kube-api-url", "kube-annotation-prefix",
+}
+
+func flannelEnv(name string) string {
+	return "FLANNELD_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
+}
+
+// withFlannelEnv adds FLANNELD_<NAME>, after WEFTD_<NAME>, to the flags
+// of flannelNames.
+func withFlannelEnv(fs []cli.Flag) []cli.Flag {
+	for _, f := range fs {
+		name := f.Names()[0]
+		if !slices.Contains(flannelNames, name) {
+			continue
+		}
+		switch f := f.(type) {
+		case *cli.StringFlag:
+			f.EnvVars = append(f.EnvVars, flannelEnv(name))
+		case *cli.StringSliceFlag:
+			f.EnvVars = append(f.EnvVars, flannelEnv(name))
+		case *cli.BoolFlag:
+			f.EnvVars = append(f.EnvVars, flannelEnv(name))
+		default:
+			panic(fmt.Sprintf("flag --%s: %T takes no FLANNELD_ variable", name, f))
+		}
+	}
+	return fs
+}
+
+// flannelEnvUsed names the FLANNELD_ variables that set a flag: neither
+// the command line args nor WEFTD_ did.
+func flannelEnvUsed(args []string) []string {
+	var used []string
+	for _, name := range flannelNames {
+		if fl := flannelEnv(name); os.Getenv(fl) != "" && os.Getenv(env(name)[0]) == "" && !onCommandLine(args, name) {
+			used = append(used, fl)
+		}
+	}
+	return used
+}
+
+// onCommandLine reports whether the flag name is among args.
+func onCommandLine(args []string, name string) bool {
+	for _, arg := range args[1:] {
+		if n, _, _ := strings.Cut(strings.TrimLeft(arg, "-"), "="); strings.HasPrefix(arg, "-") && n == name {
+			return true
+		}
+	}
+	return false
+}
+
 func flags() []cli.Flag {
 	host, _ := os.Hostname()
 	fs := etcdflags.Flags("WEFTD")
-	return append(fs,
+	return withFlannelEnv(append(fs,
 		&cli.StringSliceFlag{Name: "iface", EnvVars: env("iface"), Usage: "external interface, by name or address; repeat to give fallbacks"},
 		&cli.StringSliceFlag{Name: "iface-regex", EnvVars: env("iface-regex"), Usage: "regular expression matched against interface names and addresses; repeatable"},
 		&cli.StringFlag{Name: "iface-can-reach", EnvVars: env("iface-can-reach"), Usage: "use the interface of the route to this address"},
@@ -88,6 +147,7 @@ func flags() []cli.Flag {
 		&cli.StringFlag{Name: "subnet-file", Value: "/run/weft/subnet.env", EnvVars: env("subnet-file"), Usage: "where to write this node's subnet (flannel's format)", TakesFile: true},
 		&cli.BoolFlag{Name: "ip-masq", EnvVars: env("ip-masq"), Usage: "masquerade pod traffic leaving the pod network"},
 		&cli.StringFlag{Name: "healthz-addr", Value: "127.0.0.1:8285", EnvVars: env("healthz-addr"), Usage: "serve /healthz, /readyz, /metrics and /status here; empty disables"},
+		&cli.StringFlag{Name: "metrics-addr", EnvVars: env("metrics-addr"), Usage: "also serve /metrics, /healthz and /readyz (not /status) here, e.g. :9285 for a cluster's Prometheus; empty disables"},
 		&cli.StringFlag{Name: "node-name", Value: host, EnvVars: append(env("node-name"), "NODE_NAME"), Usage: "this node's name, recorded in its lease (with --kube-subnet-mgr: its Node; NODE_NAME from the downward API works too)"},
 		&cli.BoolFlag{Name: "kube-subnet-mgr", EnvVars: env("kube-subnet-mgr"), Usage: "take this node's subnet from its Node's podCIDR and the other nodes' from the Kubernetes API, instead of etcd (needs --net-config-path)"},
 		&cli.StringFlag{Name: "kubeconfig-file", EnvVars: env("kubeconfig-file"), Usage: "kubeconfig for --kube-subnet-mgr outside a pod (default: the pod's service account)", TakesFile: true},
@@ -106,7 +166,7 @@ func flags() []cli.Flag {
 		&cli.IntFlag{Name: "bgp-listen-port", Value: 179, EnvVars: env("bgp-listen-port"), Usage: "port routers may connect to; 0: only dial out"},
 		&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: env("log-level"), Usage: "debug, info, warn or error"},
 		&cli.StringFlag{Name: "log-format", Value: "text", EnvVars: env("log-format"), Usage: "text or json"},
-	)
+	))
 }
 
 // configFrom turns the flags into a daemon.Config; args is the command
@@ -140,6 +200,7 @@ func configFrom(c *cli.Context, args []string) (*daemon.Config, error) {
 		SubnetFile:     c.String("subnet-file"),
 		IPMasq:         c.Bool("ip-masq"),
 		HealthzAddr:    c.String("healthz-addr"),
+		MetricsAddr:    c.String("metrics-addr"),
 		NodeName:       c.String("node-name"),
 		ResyncInterval: c.Duration("resync-interval"),
 		GCPercent:      c.Int("gc-percent"),
@@ -148,6 +209,9 @@ func configFrom(c *cli.Context, args []string) (*daemon.Config, error) {
 			APIURL: c.String("kube-api-url"), AnnotationPrefix: c.String("kube-annotation-prefix"),
 		},
 		Log: logger,
+	}
+	if used := flannelEnvUsed(args); len(used) > 0 {
+		logger.WithField("variables", strings.Join(used, ",")).Info("using flanneld's environment variables (no WEFTD_ variable of the same name is set)")
 	}
 	if cfg.BGP, err = bgpFrom(c, args); err != nil {
 		return nil, err

@@ -209,3 +209,25 @@ func TestNoSecretsAndReadOnlyHealthServer(t *testing.T) {
 		t.Errorf("weftd did not say it waits for etcd and why:\n%s", stderr)
 	}
 }
+
+// A flanneld unit's environment works with only the binary changed:
+// FLANNELD_ variables set the flags flanneld shares with weftd, WEFTD_
+// ones win, and weftd says which it used. It logs its version first.
+func TestFlanneldEnvironment(t *testing.T) {
+	n := testenv.NewNetNS(t)
+	n.AddUplink(t, "eth0", 1500, "198.18.0.1/24")
+	stderr, _, _ := weftd(t, n.Name, []string{
+		"FLANNELD_ETCD_ENDPOINTS=http://198.18.0.253:2379", "FLANNELD_IFACE=eth0", "FLANNELD_IP_MASQ=true",
+		"WEFTD_ETCD_PREFIX=/weft/network", "FLANNELD_ETCD_PREFIX=/coreos.com/network",
+	}, 4*time.Second, "--healthz-addr", "", "--subnet-file", filepath.Join(t.TempDir(), "subnet.env"))
+	for _, want := range []string{
+		`msg="starting weftd" commit=`,
+		`msg="using flanneld's environment variables (no WEFTD_ variable of the same name is set)" variables="FLANNELD_ETCD_ENDPOINTS,FLANNELD_IFACE,FLANNELD_IP_MASQ"`,
+		"198.18.0.253:2379",
+		"/weft/network/config",
+	} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("weftd's log lacks %q:\n%s", want, stderr)
+		}
+	}
+}

@@ -36,6 +36,9 @@ type Config struct {
 	// HealthzAddr serves /healthz, /readyz, /metrics and /status; empty
 	// disables it.
 	HealthzAddr string
+	// MetricsAddr serves /metrics, /healthz and /readyz (not /status) for
+	// a cluster's Prometheus and the kubelet's probes; empty disables.
+	MetricsAddr string
 	NodeName    string
 	// ResyncInterval is how often the kernel is compared with the leases
 	// even without events (drift repair).

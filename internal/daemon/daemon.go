@@ -25,6 +25,7 @@ import (
 	"github.com/weft-net/weft/internal/netmon"
 	"github.com/weft-net/weft/internal/proxy"
 	"github.com/weft-net/weft/internal/reconcile"
+	"github.com/weft-net/weft/internal/version"
 	"github.com/weft-net/weft/service"
 	svcetcd "github.com/weft-net/weft/service/etcd"
 	"github.com/weft-net/weft/subnet"
@@ -49,6 +50,8 @@ func Run(ctx context.Context, cfg *Config) error {
 		return err
 	}
 	d := &daemon{cfg: cfg, log: logrus.NewEntry(cfg.Log)}
+	v := version.Get()
+	d.log.WithFields(logrus.Fields{"version": v.Version, "commit": v.Commit, "go": v.GoVersion, "node": cfg.NodeName}).Info("starting weftd")
 	d.board.set(func(b *board) { b.notReady = "starting" })
 	d.metrics = newMetrics(d)
 
@@ -57,13 +60,22 @@ func Run(ctx context.Context, cfg *Config) error {
 	g, ctx := errgroup.WithContext(ctx)
 	// Serve health at once: /healthz says the process lives, /readyz why
 	// it is not ready yet (waiting for etcd, say).
-	if cfg.HealthzAddr != "" {
-		l, err := net.Listen("tcp", cfg.HealthzAddr)
-		if err != nil {
-			return invalid("--healthz-addr %s: %v", cfg.HealthzAddr, err)
+	// The metrics address, reachable by a cluster's Prometheus, has no
+	// /status (it names this node's addresses and peers).
+	for _, srv := range []struct {
+		flag, addr string
+		withStatus bool
+	}{{"--healthz-addr", cfg.HealthzAddr, true}, {"--metrics-addr", cfg.MetricsAddr, false}} {
+		if srv.addr == "" {
+			continue
 		}
-		serveHealth(ctx, g, l, d.status, d.metrics)
+		l, err := net.Listen("tcp", srv.addr)
+		if err != nil {
+			return invalid("%s %s: %v", srv.flag, srv.addr, err)
+		}
+		serveHealth(ctx, g, l, d, srv.withStatus)
 	}
+	g.Go(func() error { <-ctx.Done(); d.board.stop(); return nil }) // STOPPING=1 as shutdown begins
 	err := d.start(ctx, g)
 	if err != nil {
 		cancel()
@@ -96,6 +108,7 @@ type daemon struct {
 	speaker atomic.Pointer[bgp.Speaker] // nil when BGP is off
 	proxy   atomic.Pointer[proxy.Proxy]
 	svcs    atomic.Pointer[svcetcd.Store]
+	etcd    atomic.Pointer[clientv3.Client] // nil in Kubernetes mode
 }
 
 // start brings the node up to the point where its lease is held, then
@@ -118,9 +131,12 @@ func (d *daemon) start(ctx context.Context, g *errgroup.Group) error {
 	} else {
 		d.board.set(func(b *board) { b.notReady = "connecting to etcd" })
 		var err error
-		if cli, err = connect(ctx, cfg, d.log.WithField("component", "store")); err != nil {
+		ecfg := cfg.Etcd
+		ecfg.DialOptions = append(ecfg.DialOptions, d.metrics.etcd.dialOptions()...)
+		if cli, err = connect(ctx, ecfg, d.log.WithField("component", "store")); err != nil {
 			return err
 		}
+		d.etcd.Store(cli)
 		d.closers = append(d.closers, func() { cli.Close() })
 		store = etcd.New(cli, etcd.Options{Prefix: cfg.Prefix, TTL: cfg.LeaseTTL, Log: d.log.WithField("component", "store")})
 		source = &etcdLeases{store: store, subnetFile: cfg.SubnetFile, waiting: func(err error) {

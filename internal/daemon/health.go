@@ -17,6 +17,7 @@ import (
 	"github.com/weft-net/weft/backend"
 	"github.com/weft-net/weft/internal/reconcile"
 	"github.com/weft-net/weft/internal/status"
+	"github.com/weft-net/weft/internal/version"
 )
 
 // metrics are weftd's Prometheus metrics, in a registry of their own. It
@@ -31,13 +32,14 @@ type metrics struct {
 	configRejected prometheus.Counter
 	svcDuration    prometheus.Histogram
 	svcErrors      prometheus.Counter
+	etcd           *etcdMetrics
 }
 
 func newMetrics(d *daemon) *metrics {
 	m := &metrics{
 		registry: prometheus.NewRegistry(),
 		peers: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "weft_peers", Help: "Leases of other nodes by state: programmed (of which direct: plain routes by DirectRouting), other_backend (no backend here for the type they announce), unreachable (their backend cannot serve them).",
+			Name: "weft_peers", Help: "Other nodes' leases this node admits, by state; the states sum to the peers: encapsulated (reached through the tunnel), direct (plain routes, host-gw or DirectRouting), other_backend (no backend here for the type they announce), unreachable (their backend cannot serve them).",
 		}, []string{"state"}),
 		syncDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "weft_sync_duration_seconds", Help: "Time to bring the kernel in step with the leases.",
@@ -52,7 +54,18 @@ func newMetrics(d *daemon) *metrics {
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
 		}),
 		svcErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "weft_service_sync_errors_total", Help: "Service table updates that failed (retried)."}),
+		etcd:      newEtcdMetrics(),
 	}
+	v := version.Get()
+	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "weft_build_info", Help: "Always 1; the labels say which weftd runs."}, []string{"version", "commit", "goversion"})
+	buildInfo.WithLabelValues(v.Version, v.Commit, v.GoVersion).Set(1)
+	leaseProblem := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "weft_lease_problem", Help: "1 while this node's lease has a problem (another node holds its subnet: a subnet conflict), else 0."},
+		func() float64 {
+			if c := d.claim.Load(); c != nil && (*c).Problem() != nil {
+				return 1
+			}
+			return 0
+		})
 	restarts := prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "weft_etcd_watch_restarts_total", Help: "Times a watch on etcd (leases, services) had to be re-established."},
 		func() float64 {
 			n := uint64(0)
@@ -71,7 +84,8 @@ func newMetrics(d *daemon) *metrics {
 			}
 			return 0
 		})
-	m.registry.MustRegister(m.peers, m.syncDuration, m.syncErrors, leaseTTL, m.ready, m.backendInfo, m.configRejected, restarts,
+	m.registry.MustRegister(m.peers, m.syncDuration, m.syncErrors, leaseTTL, leaseProblem, m.ready, m.backendInfo, buildInfo, m.configRejected, restarts,
+		m.etcd.duration, m.etcd.errors, etcdConnCollector{d},
 		m.svcDuration, m.svcErrors, bgpCollector{d}, serviceCollector{d}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -172,12 +186,36 @@ func (m *metrics) ObserveSync(d time.Duration, stats backend.Stats, err error) {
 	if err != nil {
 		m.syncErrors.Inc()
 	}
-	m.peers.WithLabelValues("programmed").Set(float64(stats.Programmed))
 	m.peers.WithLabelValues("other_backend").Set(float64(stats.OtherType))
 	m.peers.WithLabelValues("unreachable").Set(float64(stats.Unreachable))
 	m.peers.WithLabelValues("direct").Set(float64(stats.Direct))
 	m.peers.WithLabelValues("encapsulated").Set(float64(stats.Programmed - stats.Direct))
 }
+
+// wedged says why weftd is stuck, or "": its sync loop has not come
+// round for wedgedLimit (a kernel call or a lock that never returns).
+// Waiting for etcd or the API server is not being stuck: the loop starts
+// once the lease is held.
+func (d *daemon) wedged(now time.Time) string {
+	r := d.rec.Load()
+	if r == nil {
+		return ""
+	}
+	return stuck(r.LastTurn(), now, d.cfg.ResyncInterval)
+}
+
+// stuck says why a sync loop that last came round at last, and should
+// every resync, is stuck at now, or "".
+func stuck(last, now time.Time, resync time.Duration) string {
+	if last.IsZero() || now.Sub(last) <= wedgedLimit(resync) {
+		return ""
+	}
+	return fmt.Sprintf("the sync loop has not come round for %s (it should every %s)", now.Sub(last).Truncate(time.Second), resync)
+}
+
+// wedgedLimit is how long the sync loop may take to come round before
+// /healthz fails: a full sync of 10,000 peers takes under a second.
+func wedgedLimit(resync time.Duration) time.Duration { return 3*resync + time.Minute }
 
 // failingLimit is how long syncs may keep failing before the node says
 // it is not ready: three resyncs, each of which retried.
@@ -230,29 +268,35 @@ func (d *daemon) status() status.Status {
 	return s
 }
 
-// serveHealth serves /healthz, /readyz, /metrics and /status on l in g
-// until ctx ends, then shuts the server down, which closes l. Nothing it
-// serves changes state.
-func serveHealth(ctx context.Context, g *errgroup.Group, l net.Listener, st func() status.Status, m *metrics) {
+// serveHealth serves /healthz, /readyz and /metrics, and with withStatus
+// /status, on l in g until ctx ends, then shuts the server down, which
+// closes l. Nothing it serves changes state.
+func serveHealth(ctx context.Context, g *errgroup.Group, l net.Listener, d *daemon, withStatus bool) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		if why := d.wedged(time.Now()); why != "" {
+			http.Error(w, "wedged: "+why, http.StatusInternalServerError)
+			return
+		}
 		w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		s := st()
+		s := d.status()
 		if !s.Ready {
 			http.Error(w, "not ready: "+s.NotReady, http.StatusServiceUnavailable)
 			return
 		}
 		w.Write([]byte("ready\n"))
 	})
-	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		enc.Encode(st())
-	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{}))
+	if withStatus {
+		mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			enc := json.NewEncoder(w)
+			enc.SetIndent("", "  ")
+			enc.Encode(d.status())
+		})
+	}
+	mux.Handle("GET /metrics", promhttp.HandlerFor(d.metrics.registry, promhttp.HandlerOpts{}))
 
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	g.Go(func() error {

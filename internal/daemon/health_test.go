@@ -28,3 +28,24 @@ func TestSyncsFailingForLongMakeTheNodeUnready(t *testing.T) {
 		}
 	}
 }
+
+// /healthz fails only when the sync loop is stuck, not while weftd waits
+// for etcd (the loop has not started) or between resyncs.
+func TestHealthzFailsOnlyWhenTheSyncLoopIsStuck(t *testing.T) {
+	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	resync := 5 * time.Second
+	for _, tc := range []struct {
+		name string
+		last time.Time
+		want string
+	}{
+		{"loop not started (waiting for etcd)", time.Time{}, ""},
+		{"came round a resync ago", now.Add(-resync), ""},
+		{"a minute late", now.Add(-70 * time.Second), ""},
+		{"stuck", now.Add(-10 * time.Minute), "the sync loop has not come round for 10m0s (it should every 5s)"},
+	} {
+		if got := stuck(tc.last, now, resync); got != tc.want {
+			t.Errorf("%s: %q, want %q", tc.name, got, tc.want)
+		}
+	}
+}

@@ -20,12 +20,12 @@ import (
 // connect creates the etcd client, retrying while etcd is unreachable (a
 // client with credentials authenticates when it is created) and saying so
 // every few seconds with the cause.
-func connect(ctx context.Context, cfg *Config, log *logrus.Entry) (*clientv3.Client, error) {
+func connect(ctx context.Context, cfg etcd.ClientConfig, log *logrus.Entry) (*clientv3.Client, error) {
 	var cli *clientv3.Client
-	say := etcdWaiter(ctx, cfg.Etcd, log, "cannot connect to etcd; retrying")
+	say := etcdWaiter(ctx, cfg, log, "cannot connect to etcd; retrying")
 	err := retry.Do(ctx, nil, func(context.Context) error {
 		var err error
-		cli, err = etcd.NewClient(cfg.Etcd)
+		cli, err = etcd.NewClient(cfg)
 		if errors.Is(err, etcd.ErrClientConfig) {
 			return retry.Stop(&InvalidError{Err: err})
 		}

@@ -130,6 +130,7 @@ type Reconciler struct {
 	announced Announcement
 	status    Status
 	shown     atomic.Pointer[Status] // a copy of status for Status()
+	turned    atomic.Int64           // when Run's loop last came round (Unix ns)
 }
 
 // New returns a reconciler for cfg; it touches nothing until Start.
@@ -167,6 +168,16 @@ func (r *Reconciler) Start(ctx context.Context) (Announcement, error) {
 
 // ErrUnknownBackend is wrapped by Start for a backend type weftd lacks.
 var ErrUnknownBackend = errors.New("unknown backend")
+
+// LastTurn is when Run's loop last came round: at least every
+// ResyncInterval while it is not stuck; zero before Run. Safe for
+// concurrent use.
+func (r *Reconciler) LastTurn() time.Time {
+	if ns := r.turned.Load(); ns != 0 {
+		return time.Unix(0, ns)
+	}
+	return time.Time{}
+}
 
 // Status returns the reconciler's status as of its last sync.
 func (r *Reconciler) Status() Status { return *r.shown.Load() }
@@ -209,6 +220,7 @@ func (r *Reconciler) Run(ctx context.Context, self subnet.Lease, in Inputs, out 
 	ticker := time.NewTicker(r.cfg.ResyncInterval)
 	defer ticker.Stop()
 	for {
+		r.turned.Store(time.Now().UnixNano())
 	drain: // coalesce whatever else has arrived
 		for {
 			select {

@@ -77,7 +77,14 @@ func (c *Cluster) Status(n *Node) (*status.Status, error) {
 // Get fetches path (e.g. "/metrics") from n's weftd and returns the status
 // code and body.
 func (c *Cluster) Get(n *Node, path string) (int, string, error) {
-	resp, err := healthClient(n.NS).Get("http://" + healthAddr + path)
+	return GetIn(n.NS, "http://"+healthAddr+path)
+}
+
+// GetIn fetches url from inside the namespace ns (e.g. the fabric's, as a
+// cluster's Prometheus would from another machine) and returns the status
+// code and body.
+func GetIn(ns, url string) (int, string, error) {
+	resp, err := healthClient(ns).Get(url)
 	if err != nil {
 		return 0, "", err
 	}

@@ -20,7 +20,7 @@ type Status struct {
 	LeaseIssue  string    `json:"leaseProblem,omitempty"`
 	ConfigIssue string    `json:"configProblem,omitempty"` // a configuration change that was refused
 	Peers       Peers     `json:"peers"`
-	LastSync    time.Time `json:"lastSync"`
+	LastSync    time.Time `json:"lastSync,omitzero"`
 	LastSyncErr string    `json:"lastSyncError,omitempty"`
 	SyncErrors  uint64    `json:"syncErrors"`
 	Restarts    uint64    `json:"etcdWatchRestarts"`
@@ -44,7 +44,7 @@ type Services struct {
 	// service holds, and why.
 	Refused []RefusedService `json:"refused,omitempty"`
 	// LastChange is when the last change reached the kernel.
-	LastChange time.Time `json:"lastChange"`
+	LastChange time.Time `json:"lastChange,omitzero"`
 	// LastError is why the last attempt failed, when it did.
 	LastError string `json:"lastError,omitempty"`
 }
@@ -71,7 +71,7 @@ type BGPPeer struct {
 	// ("idle", "connect", "active", "opensent", "openconfirm").
 	State string `json:"state"`
 	// Since is when the session entered State (its uptime when established).
-	Since            time.Time `json:"since"`
+	Since            time.Time `json:"since,omitzero"`
 	PrefixesSent     uint64    `json:"prefixesSent"`
 	PrefixesReceived uint64    `json:"prefixesReceived"`
 	// Problem says why the session is not established.

@@ -32,6 +32,9 @@ type ClientConfig struct {
 	KeyFile   string
 	Username  string
 	Password  string // never logged
+	// DialOptions are added to the client's gRPC options (weftd's
+	// metrics interceptors).
+	DialOptions []grpc.DialOption
 }
 
 // ErrClientConfig is wrapped by NewClient for errors in the configuration
@@ -60,10 +63,10 @@ func NewClient(cfg ClientConfig) (*clientv3.Client, error) {
 		DialKeepAliveTimeout: 5 * time.Second,
 		// gRPC's reconnect backoff grows to 2 minutes while etcd is away;
 		// cap it so a node catches up within seconds of etcd's return.
-		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+		DialOptions: append([]grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
 			Backoff:           grpcbackoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second},
 			MinConnectTimeout: 5 * time.Second,
-		})},
+		})}, cfg.DialOptions...),
 		Logger: zap.NewNop(),
 	})
 	if err != nil {
