@@ -2,8 +2,9 @@
 
 GO       ?= go
 BIN      := $(CURDIR)/bin
-VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
-LDFLAGS  := -s -w -X github.com/weft-net/weft/internal/version.Version=$(VERSION)
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT   ?= $(shell git rev-parse HEAD 2>/dev/null)
+LDFLAGS  := -s -w -X github.com/weft-net/weft/internal/version.Version=$(VERSION) -X github.com/weft-net/weft/internal/version.Commit=$(COMMIT)
 # Every test runs, including those that need root and a real etcd; under
 # CI=true a test that cannot run fails instead of skipping.
 TESTFLAGS ?= -count=1 -timeout 30m
@@ -36,13 +37,13 @@ VM_TESTS ?= ^(TestIPIP.*|TestPodsReachEachOther|TestDirectRouting.*)$$
 
 ## test: lint, then every test (unit, real etcd, privileged) against the built
 ## binaries, then the VM tests
-test: lint build kube-bins
+test: preflight-test lint build kube-bins
 	WEFT_BIN_DIR=$(BIN) $(GO) test $(TESTFLAGS) -skip '^TestIPIP' ./...
 	$(MAKE) test-vm
 
 ## test-vm: the e2e tests that need IP-in-IP (and, to show weft on a stock
 ## distribution kernel, the vxlan/host-gw mesh) in a QEMU VM (-accel tcg)
-test-vm:
+test-vm: preflight-test-vm
 	e2e/vm/run.sh '$(VM_TESTS)'
 
 ## unit: the fast tests only (no etcd, no root)
@@ -81,16 +82,24 @@ BACKEND  ?= vxlan
 ROUTER   ?=
 NODES    ?= 3
 DEMO_DIR ?= /tmp/weft-demo
-demo: build
-	@if [ "$$(id -u)" != 0 ]; then echo "make demo needs root for network namespaces: sudo make demo"; exit 1; fi
+demo: preflight-demo build
 	@$(BIN)/weftctl sandbox down --dir $(DEMO_DIR) >/dev/null 2>&1 || true
 	@set -e; \
 	if [ "$(KEEP)" != 1 ]; then trap '$(BIN)/weftctl sandbox down --dir $(DEMO_DIR)' EXIT; fi; \
-	if [ -n "$(ROUTER)" ]; then scripts/need $(if $(filter frr,$(ROUTER)),frr,bird2); fi; \
 	$(BIN)/weftctl sandbox up --dir $(DEMO_DIR) --name weft-demo --nodes $(NODES) --pods 1 --backend $(BACKEND) $(if $(ROUTER),--router $(ROUTER)); \
 	echo; echo "Pod-to-pod reachability (average of 3 pings):"; \
 	$(BIN)/weftctl sandbox matrix --dir $(DEMO_DIR); \
 	if [ "$(KEEP)" = 1 ]; then echo; echo "Left running. Remove it with: sudo $(BIN)/weftctl sandbox down --dir $(DEMO_DIR)"; fi
+
+# preflight-demo, preflight-test, preflight-test-vm: what the target runs that
+# this machine lacks (root, programs), one line each with the Debian package
+# that brings it; they install nothing. Each comes first among its target's
+# prerequisites, so that nothing is built when something is missing.
+.PHONY: preflight-demo preflight-test preflight-test-vm
+preflight-demo:
+	@scripts/preflight demo $(ROUTER)
+preflight-test preflight-test-vm:
+	@scripts/preflight $(@:preflight-%=%)
 
 clean:
 	rm -rf $(BIN)
