@@ -15,8 +15,8 @@ import (
 
 func main() {
 	app := &cli.App{
-		Name:    "weftctl",
-		Usage:   "inspect and edit weft's leases, configuration and services",
+		Name:                 "weftctl",
+		Usage:                "inspect and edit weft's leases, configuration and services",
 		Version:              version.Get().String(),
 		Flags:                etcdflags.Flags("WEFTCTL"),
 		EnableBashCompletion: true,
