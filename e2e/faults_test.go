@@ -416,3 +416,41 @@ func TestNarrowedSubnetRangeKeepsEveryNode(t *testing.T) {
 	}
 	requireMesh(t, c)
 }
+
+// A peer whose route the kernel refuses (its IPv6 address is one node-1
+// holds on lo, as an anycast or loopback address: "Gateway can not be a
+// local address") does not keep the other peers out; node-1 names it, and
+// once syncs have failed for three resyncs /readyz says it is not ready,
+// until the cause is gone.
+func TestAPeerTheKernelRefusesMakesTheNodeUnready(t *testing.T) {
+	conf := `{"Network":"100.96.0.0/12","EnableIPv6":true,"IPv6Network":"fd96::/48","Backend":{"Type":"host-gw"}}`
+	c := startCluster(t, clusterOpts{backend: "host-gw", nodes: 2, ipv6: true, netConf: conf})
+	addPods(t, c, 1)
+	requireMesh(t, c)
+	n1 := c.Nodes[0]
+	ctx := context.Background()
+	ipOut(t, n1.NS, "ip", "addr", "add", "fd18::77/128", "dev", "lo")
+	cli := etcdClient(t, c)
+	key := "100.96.230.0-24&fd96:0:0:e6::-64"
+	if _, err := cli.Put(ctx, "/weft/network/subnets/"+key, `{"PublicIP":"198.18.0.77","PublicIPv6":"fd18::77","BackendType":"host-gw"}`); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 20*time.Second, "node-1 to say it is not ready because syncs fail", func() (bool, string) {
+		code, body, err := c.Get(n1, "/readyz")
+		return err == nil && code == 503 && strings.Contains(body, "every sync has failed for") && strings.Contains(body, key),
+			fmt.Sprintf("%d %q %v", code, body, err)
+	})
+	st, err := c.Status(n1)
+	if err != nil || !strings.Contains(st.LastSyncErr, "adding route fd96:0:0:e6::/64 via fd18::77") {
+		t.Errorf("status: %+v %v", st, err)
+	}
+	requireMesh(t, c) // the other peer is programmed
+	ipOut(t, n1.NS, "ip", "addr", "del", "fd18::77/128", "dev", "lo")
+	testenv.Eventually(t, 20*time.Second, "node-1 to be ready again", func() (bool, string) {
+		code, body, err := c.Get(n1, "/readyz")
+		return err == nil && code == 200, fmt.Sprintf("%d %q %v", code, body, err)
+	})
+	if routes := ipOut(t, n1.NS, "ip", "-6", "route", "show", "fd96:0:0:e6::/64"); !strings.Contains(routes, "via fd18::77") {
+		t.Errorf("the peer is not programmed once the kernel takes it: %q", routes)
+	}
+}
