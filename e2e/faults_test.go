@@ -267,6 +267,12 @@ func TestHostileLeasesAreRefused(t *testing.T) {
 	if strings.Contains(neigh, "00:00:00:00:00:00") {
 		t.Errorf("an all-zero MAC reached the kernel:\n%s", neigh)
 	}
+	// node-2 refuses the copy of node-1's VTEP MAC too: node-1's lease is
+	// older, and keeps node-2's one FDB entry for that MAC.
+	n1Key := strings.TrimPrefix(leaseKey(t, n1), "/weft/network/subnets/")
+	if n := countInLog(t, c.Nodes[1], "refusing lease: its VtepMAC "+strings.TrimSpace(ownMAC)+" is already used by "+n1Key+" at "+n1.IP.String()); n != 1 {
+		t.Errorf("node-2 refused the copy of node-1's VTEP MAC %d times, want once:\n%s", n, logTail(c.Nodes[1]))
+	}
 	requireMesh(t, c)
 }
 

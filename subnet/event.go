@@ -22,4 +22,9 @@ func (t EventType) String() string {
 type Event struct {
 	Type  EventType
 	Lease Lease
+	// Age orders the leases by when they were first written: the etcd
+	// revision their key was created at, or in Kubernetes mode the Node's
+	// creation time (Unix ns); smaller is older, 0 is unknown. Of two
+	// leases that claim one VTEP MAC, the older keeps it.
+	Age int64
 }

@@ -68,7 +68,74 @@ func admit(all map[string]*peer, self subnet.Lease, f fences) (refused map[strin
 			}
 		}
 	}
+	// VTEP MACs: the kernel holds one FDB entry per MAC, so of leases
+	// claiming one MAC at different addresses only the oldest (then the
+	// smallest key) is programmed; a lease copying another node's MAC
+	// cannot take its traffic. A node's old and new lease share its MAC
+	// at one address, which is fine.
+	winner := map[vtep]string{}
+	for k, p := range all {
+		if _, out := refused[k]; out {
+			continue
+		}
+		for _, c := range vteps(p.lease) {
+			if cur, ok := winner[c.vtep]; !ok || older(all[k], k, all[cur], cur) {
+				winner[c.vtep] = k
+			}
+		}
+	}
+	for k, p := range all {
+		if _, out := refused[k]; out {
+			continue
+		}
+		for _, c := range vteps(p.lease) {
+			w := winner[c.vtep]
+			if at := vtepAddr(all[w].lease, c.vtep.ipv6); w != k && at != c.addr {
+				refused[k] = fmt.Sprintf("its VtepMAC %s is already used by %s at %s", c.vtep.mac, w, at)
+				contended[k] = true
+				break
+			}
+		}
+	}
 	return refused, contended
+}
+
+// vtep is a VXLAN endpoint's MAC, per family (each family has a device).
+type vtep struct {
+	mac  string
+	ipv6 bool
+}
+
+// vtepClaim is a lease's VTEP MAC and the address it is reached at.
+type vtepClaim struct {
+	vtep
+	addr netip.Addr
+}
+
+// vteps returns the VTEP MACs a vxlan lease claims.
+func vteps(l subnet.Lease) []vtepClaim {
+	if l.BackendType != "vxlan" {
+		return nil
+	}
+	var out []vtepClaim
+	for f := range l.Families {
+		if mac := subnet.VtepMAC(f.BackendData); mac != nil {
+			out = append(out, vtepClaim{vtep{mac.String(), f.IPv6}, f.PublicIP})
+		}
+	}
+	return out
+}
+
+// vtepAddr is l's public address of the family.
+func vtepAddr(l subnet.Lease, ipv6 bool) netip.Addr { return l.Family(ipv6).PublicIP }
+
+// older reports whether lease a (key ka) was written before b (key kb):
+// by age where both are known, else by key.
+func older(a *peer, ka string, b *peer, kb string) bool {
+	if a.age != b.age && a.age != 0 && b.age != 0 {
+		return a.age < b.age
+	}
+	return ka < kb
 }
 
 // subnetLength is a prefix length of one family.

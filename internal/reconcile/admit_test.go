@@ -135,3 +135,51 @@ func TestAdmitRefusesHostileAddresses(t *testing.T) {
 		}
 	}
 }
+
+// A lease that copies another node's VTEP MAC at another address would
+// take that node's traffic (the kernel has one FDB entry per MAC): the
+// older lease keeps the MAC whatever the keys, in one pass and one lease
+// at a time in either order; a node's old and new lease may share its MAC
+// at one address.
+func TestAdmitRefusesACopiedVtepMAC(t *testing.T) {
+	self := subnet.Lease{Subnet: netip.MustParsePrefix("100.96.1.0/24"), Attrs: subnet.Attrs{PublicIP: netip.MustParseAddr("198.18.0.1"), BackendType: "vxlan"}}
+	vx := func(sn, ip string) subnet.Lease {
+		return subnet.Lease{Subnet: netip.MustParsePrefix(sn), Attrs: subnet.Attrs{
+			PublicIP: netip.MustParseAddr(ip), BackendType: "vxlan", BackendData: []byte(`{"VNI":1,"VtepMAC":"0e:00:00:00:00:02"}`)}}
+	}
+	node2 := vx("100.97.0.0/24", "198.18.0.2")    // the real one, written first
+	copycat := vx("100.96.9.0/24", "198.18.0.218") // later, with a smaller key
+	renewed := vx("100.98.0.0/24", "198.18.0.2")   // node-2's next lease
+	events := []subnet.Event{
+		{Type: subnet.Added, Lease: node2, Age: 10},
+		{Type: subnet.Added, Lease: copycat, Age: 20},
+		{Type: subnet.Added, Lease: renewed, Age: 30},
+	}
+	check := func(name string, s *peerSet) {
+		t.Helper()
+		for _, l := range []subnet.Lease{node2, renewed} {
+			if p := s.all[l.Key()]; !p.admitted() {
+				t.Errorf("%s: %s refused: %s", name, l.Key(), p.refused)
+			}
+		}
+		want := "its VtepMAC 0e:00:00:00:00:02 is already used by 100.97.0.0-24 at 198.18.0.2"
+		if p := s.all[copycat.Key()]; p.admitted() || p.refused != want {
+			t.Errorf("%s: the copy: admitted %v, %q; want refused %q", name, p.admitted(), p.refused, want)
+		}
+	}
+	for name, order := range map[string][]int{"in order": {0, 1, 2}, "copy first": {1, 0, 2}, "renewed first": {2, 1, 0}} {
+		s := newPeerSet(logrus.NewEntry(logrus.New()), self, fences{})
+		for _, i := range order {
+			s.apply(events[i : i+1])
+		}
+		check(name, s)
+	}
+	s := newPeerSet(logrus.NewEntry(logrus.New()), self, fences{})
+	s.apply(events)
+	check("one batch", s)
+	// The real node gone for good: the copy's MAC is free.
+	s.apply([]subnet.Event{{Type: subnet.Removed, Lease: node2}, {Type: subnet.Removed, Lease: renewed}})
+	if p := s.all[copycat.Key()]; !p.admitted() {
+		t.Errorf("the copy is still refused once the MAC is free: %s", p.refused)
+	}
+}

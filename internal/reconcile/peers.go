@@ -27,6 +27,7 @@ type peerSet struct {
 
 	all   map[string]*peer
 	owner map[netip.Prefix]string // subnet -> the admitted lease's key
+	macs  map[vtep]string         // VTEP MAC -> the admitted vxlan lease's key
 	// lengths counts the admitted subnets per prefix length: a lease of a
 	// length no other has may overlap them without being equal to one.
 	lengths map[subnetLength]int
@@ -53,6 +54,8 @@ type peer struct {
 	contended bool
 	// state is what its backend made of it (admitted peers only).
 	state backend.PeerState
+	// age orders leases by when they were written (subnet.Event.Age).
+	age int64
 }
 
 func (p *peer) admitted() bool { return p.refused == "" }
@@ -67,7 +70,7 @@ type change struct {
 func newPeerSet(log *logrus.Entry, self subnet.Lease, f fences) *peerSet {
 	return &peerSet{
 		log: log, self: self, selfKey: self.Key(), fences: f,
-		all: map[string]*peer{}, owner: map[netip.Prefix]string{}, lengths: map[subnetLength]int{}, byType: map[string]int{},
+		all: map[string]*peer{}, owner: map[netip.Prefix]string{}, macs: map[vtep]string{}, lengths: map[subnetLength]int{}, byType: map[string]int{},
 		before: map[string]*peer{},
 	}
 }
@@ -95,7 +98,7 @@ func (s *peerSet) apply(batch []subnet.Event) {
 			readmit = readmit || s.contended > 0
 			continue
 		}
-		p := &peer{lease: ev.Lease}
+		p := &peer{lease: ev.Lease, age: ev.Age}
 		s.all[key] = p
 		if !s.admitOne(key, p) {
 			readmit = true // contended: decided below, for every lease
@@ -152,6 +155,12 @@ func (s *peerSet) admitOne(key string, p *peer) bool {
 			return false
 		}
 	}
+	for _, c := range vteps(p.lease) {
+		if o, ok := s.macs[c.vtep]; ok && o != key && vtepAddr(s.all[o].lease, c.ipv6) != c.addr {
+			s.markRefused(p, "contended", true) // until admitAll decides
+			return false
+		}
+	}
 	if why := unfit(p.lease, s.self, s.fences); why != "" {
 		s.refuse(key, p, why, false)
 		return true
@@ -176,6 +185,7 @@ func (s *peerSet) otherLength(sn netip.Prefix) bool {
 func (s *peerSet) admitAll() {
 	refused, contended := admit(s.all, s.self, s.fences)
 	clear(s.owner)
+	clear(s.macs)
 	clear(s.lengths)
 	clear(s.byType)
 	s.counts = [backend.NumPeerStates]int{}
@@ -199,6 +209,9 @@ func (s *peerSet) admit(key string, p *peer) {
 	for sn := range p.lease.Subnets {
 		s.owner[sn] = key
 		s.lengths[lengthOf(sn)]++
+	}
+	for _, c := range vteps(p.lease) {
+		s.macs[c.vtep] = key
 	}
 	s.byType[p.lease.BackendType]++
 	s.counts[p.state]++
@@ -237,6 +250,11 @@ func (s *peerSet) remove(key string, p *peer) {
 		}
 		if s.lengths[lengthOf(sn)]--; s.lengths[lengthOf(sn)] <= 0 {
 			delete(s.lengths, lengthOf(sn))
+		}
+	}
+	for _, c := range vteps(p.lease) {
+		if s.macs[c.vtep] == key {
+			delete(s.macs, c.vtep)
 		}
 	}
 	if s.byType[p.lease.BackendType]--; s.byType[p.lease.BackendType] == 0 {

@@ -41,7 +41,7 @@ func (s *Store) WatchFrom(ctx context.Context, cfg *subnet.Config, out chan<- []
 					events[i] = subnet.Event{Type: subnet.Removed, Lease: subnet.Lease{Subnet: v4, IPv6Subnet: v6}}
 					continue
 				}
-				events[i] = subnet.Event{Type: subnet.Added, Lease: ev.Item}
+				events[i] = subnet.Event{Type: subnet.Added, Lease: ev.Item, Age: ev.Created}
 			}
 			select {
 			case out <- events:

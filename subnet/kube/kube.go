@@ -418,7 +418,7 @@ func (s *Store) events(changes []change, cfg *subnet.Config, known map[string]su
 			batch = append(batch, subnet.Event{Type: subnet.Removed, Lease: old})
 		}
 		known[n.Name] = l
-		batch = append(batch, subnet.Event{Type: subnet.Added, Lease: l})
+		batch = append(batch, subnet.Event{Type: subnet.Added, Lease: l, Age: n.CreationTimestamp.UnixNano()})
 	}
 	return batch
 }
