@@ -147,7 +147,7 @@ func TestAdmitRefusesACopiedVtepMAC(t *testing.T) {
 		return subnet.Lease{Subnet: netip.MustParsePrefix(sn), Attrs: subnet.Attrs{
 			PublicIP: netip.MustParseAddr(ip), BackendType: "vxlan", BackendData: []byte(`{"VNI":1,"VtepMAC":"0e:00:00:00:00:02"}`)}}
 	}
-	node2 := vx("100.97.0.0/24", "198.18.0.2")    // the real one, written first
+	node2 := vx("100.97.0.0/24", "198.18.0.2")     // the real one, written first
 	copycat := vx("100.96.9.0/24", "198.18.0.218") // later, with a smaller key
 	renewed := vx("100.98.0.0/24", "198.18.0.2")   // node-2's next lease
 	events := []subnet.Event{
