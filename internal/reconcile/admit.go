@@ -3,6 +3,7 @@ package reconcile
 import (
 	"bytes"
 	"fmt"
+	"net"
 	"net/netip"
 
 	"github.com/weft-net/weft/subnet"
@@ -91,7 +92,7 @@ func admit(all map[string]*peer, self subnet.Lease, f fences) (refused map[strin
 		for _, c := range vteps(p.lease) {
 			w := winner[c.vtep]
 			if at := vtepAddr(all[w].lease, c.vtep.ipv6); w != k && at != c.addr {
-				refused[k] = fmt.Sprintf("its VtepMAC %s is already used by %s at %s", c.vtep.mac, w, at)
+				refused[k] = fmt.Sprintf("its VtepMAC %s is already used by %s at %s", c.vtep, w, at)
 				contended[k] = true
 				break
 			}
@@ -100,11 +101,15 @@ func admit(all map[string]*peer, self subnet.Lease, f fences) (refused map[strin
 	return refused, contended
 }
 
-// vtep is a VXLAN endpoint's MAC, per family (each family has a device).
+// vtep is a VXLAN endpoint's (Ethernet) MAC, per family (each family has
+// a device). A fixed-size key: the index of 10,000 of them allocates
+// nothing per entry.
 type vtep struct {
-	mac  string
+	mac  [6]byte
 	ipv6 bool
 }
+
+func (v vtep) String() string { return net.HardwareAddr(v.mac[:]).String() }
 
 // vtepClaim is a lease's VTEP MAC and the address it is reached at.
 type vtepClaim struct {
@@ -119,8 +124,8 @@ func vteps(l subnet.Lease) []vtepClaim {
 	}
 	var out []vtepClaim
 	for f := range l.Families {
-		if mac := subnet.VtepMAC(f.BackendData); mac != nil {
-			out = append(out, vtepClaim{vtep{mac.String(), f.IPv6}, f.PublicIP})
+		if mac := subnet.VtepMAC(f.BackendData); len(mac) == 6 {
+			out = append(out, vtepClaim{vtep{[6]byte(mac), f.IPv6}, f.PublicIP})
 		}
 	}
 	return out
