@@ -19,7 +19,7 @@ func TestChainsIntoPortmapAndBandwidth(t *testing.T) {
 	n := newNode(t, defaultEnv)
 	portmap := testenv.ToolBinary(t, "github.com/containernetworking/plugins/plugins/meta/portmap")
 	bandwidth := testenv.ToolBinary(t, "github.com/containernetworking/plugins/plugins/meta/bandwidth")
-	n.cni = libcni.NewCNIConfig([]string{filepath.Dir(testenv.Binary(t, "weft")), filepath.Dir(portmap), filepath.Dir(bandwidth)}, nil)
+	n.cni = libcni.NewCNIConfigWithCacheDir([]string{filepath.Dir(testenv.Binary(t, "weft")), filepath.Dir(portmap), filepath.Dir(bandwidth)}, filepath.Join(n.dir, "cache"), nil)
 	js := fmt.Sprintf(`{"cniVersion":"1.1.0","name":"weft","plugins":[
 		{"type":"weft","subnetFile":%q,"dataDir":%q},
 		{"type":"portmap","capabilities":{"portMappings":true},"backend":"nftables"},

@@ -35,7 +35,9 @@ func newNode(t *testing.T, subnetEnv string) *node {
 	if subnetEnv != "" {
 		os.WriteFile(n.envFile, []byte(subnetEnv), 0o644)
 	}
-	n.cni = libcni.NewCNIConfig([]string{filepath.Dir(testenv.Binary(t, "weft"))}, nil)
+	// libcni's cache (results of ADD, read by DEL and GC) in the test's own
+	// directory, not the machine's /var/lib/cni.
+	n.cni = libcni.NewCNIConfigWithCacheDir([]string{filepath.Dir(testenv.Binary(t, "weft"))}, filepath.Join(n.dir, "cache"), nil)
 	return n
 }
 
