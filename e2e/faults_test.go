@@ -46,7 +46,7 @@ func countInLog(t *testing.T, n *sandbox.Node, msg string) int {
 // logTail is the end of n's weftd log, for a failure message.
 func logTail(n *sandbox.Node) string {
 	b, _ := os.ReadFile(n.LogFile)
-	return "log:\n" + testenv.Tail(b, 15)
+	return "log:\n" + testenv.Tail(b, 2000)
 }
 
 func TestOwnLeaseDeletedByHandIsRecreated(t *testing.T) {

@@ -73,6 +73,13 @@ const (
 	MaxGracefulRestartTime = 4095 * time.Second
 )
 
+// DefaultBGP is the BGP object's defaults: what a BGP object without keys
+// means, and what a node runs with when only its --bgp-* flags ask for
+// BGP.
+func DefaultBGP() *BGP {
+	return &BGP{ASN: DefaultBGPASN, GracefulRestartTime: DefaultGracefulRestartTime, AdvertisePodSubnets: true, AdvertiseServiceVIPs: true}
+}
+
 // Equal reports whether b and o say the same (both may be nil).
 func (b *BGP) Equal(o *BGP) bool {
 	if b == nil || o == nil {
@@ -115,7 +122,7 @@ func parseBGP(raw json.RawMessage) (*BGP, []string, error) {
 	for _, k := range obj.unknown {
 		warnings = append(warnings, fmt.Sprintf("net-conf.json key \"BGP.%s\" is not used by weft; ignoring it", k))
 	}
-	b := &BGP{ASN: DefaultBGPASN, GracefulRestartTime: DefaultGracefulRestartTime, AdvertisePodSubnets: true, AdvertiseServiceVIPs: true}
+	b := DefaultBGP()
 	if b.ASN, err = obj.asn("ASN", DefaultBGPASN); err != nil {
 		return nil, nil, err
 	}

@@ -255,7 +255,7 @@ func parsePool(obj *object, f family) (Pool, error) {
 
 	pool := Pool{Network: network, SubnetLen: subnetLen}
 	first := network.Addr()
-	last := lastAddr(network)
+	last := LastAddr(network)
 	size := u128{lo: 1}.shl(uint(f.bits - subnetLen))
 	pool.Min = fromU128(toU128(first).add(size), f.bits)
 	pool.Max = fromU128(toU128(last).sub(size).add(u128{lo: 1}), f.bits)

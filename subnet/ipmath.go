@@ -69,8 +69,9 @@ func (n u128) shr(s uint) u128 {
 	return u128{hi: n.hi >> s, lo: n.lo>>s | n.hi<<(64-s)}
 }
 
-// lastAddr returns the highest address in p.
-func lastAddr(p netip.Prefix) netip.Addr {
+// LastAddr returns the highest address in p (for IPv4, its broadcast
+// address).
+func LastAddr(p netip.Prefix) netip.Addr {
 	b := p.Addr().BitLen()
 	hostMask := u128{lo: 1}.shl(uint(b - p.Bits())).sub(u128{lo: 1})
 	n := toU128(p.Masked().Addr())

@@ -38,6 +38,10 @@ func TestExitCodesVersionAndCompletion(t *testing.T) {
 	if r := weftctl(t, "", "", "service", "--generate-bash-completion"); !strings.Contains(r.stdout, "endpoints") {
 		t.Errorf("service candidates: %+v", r)
 	}
+	// Also after an argument (the request stays last).
+	if r := weftctl(t, "", "", "config", "set", "net-conf.json", "--f", "--generate-bash-completion"); r.code != 0 || !strings.Contains(r.stdout, "--force") {
+		t.Errorf("config set candidates after FILE: %+v", r)
+	}
 }
 
 // weftctl status exits 1 when the node is not ready, in the table and the

@@ -52,6 +52,11 @@ func main() {
 // library stops parsing flags at the first argument. A flag's value stays
 // with it; "--" ends the flags.
 func flagsFirst(app *cli.App, args []string) []string {
+	// The shell's completion request must stay last, where the CLI
+	// library looks for it.
+	if n := len(args); n > 1 && args[n-1] == "--generate-bash-completion" {
+		return append(flagsFirst(app, args[:n-1]), args[n-1])
+	}
 	out := slices.Clone(args[:1])
 	cmds, flags := app.Commands, app.Flags
 	i := 1

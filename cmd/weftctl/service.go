@@ -90,15 +90,13 @@ func serviceCommand() *cli.Command {
 					var eps []service.Endpoint
 					seen := map[netip.Addr]bool{}
 					notReady := map[netip.Addr]bool{}
-					for _, s := range c.StringSlice("not-ready") {
+					args := c.Args().Slice()[1:]
+					for _, s := range c.StringSlice("not-ready") { // in the order given: the same command writes the same list
 						ip, err := netip.ParseAddr(strings.TrimSpace(s))
 						if err != nil {
 							return cli.Exit(fmt.Sprintf("service %s/%s: --not-ready %q is not an IP address; nothing was written", ns, name, s), 2)
 						}
 						notReady[ip] = true
-					}
-					args := c.Args().Slice()[1:]
-					for ip := range notReady {
 						args = append(args, ip.String())
 					}
 					for i, s := range args {

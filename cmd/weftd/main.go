@@ -239,10 +239,8 @@ func bgpFrom(c *cli.Context, args []string) (daemon.NodeBGP, error) {
 		return &daemon.InvalidError{Err: fmt.Errorf(format, args...)}
 	}
 	b := daemon.NodeBGP{ListenPort: c.Int("bgp-listen-port")}
-	for _, arg := range args[1:] {
-		if name, _, _ := strings.Cut(strings.TrimLeft(arg, "-"), "="); strings.HasPrefix(arg, "-") && name == "bgp-password" {
-			return b, bad("--bgp-password on the command line is visible to every user of the node (ps); give it as WEFTD_BGP_PASSWORD or in --bgp-password-file")
-		}
+	if onCommandLine(args, "bgp-password") {
+		return b, bad("--bgp-password on the command line is visible to every user of the node (ps); give it as WEFTD_BGP_PASSWORD or in --bgp-password-file")
 	}
 	b.Password = c.String("bgp-password")
 	if f := c.String("bgp-password-file"); f != "" {

@@ -20,9 +20,7 @@ func (d *daemon) bgpSettings(network *subnet.Config, ext *backend.ExternalInterf
 	if cluster == nil && len(node.Peers) == 0 {
 		return bgp.Config{}, bgp.Options{}, false, nil
 	}
-	if cluster == nil {
-		cluster = &subnet.BGP{ASN: subnet.DefaultBGPASN, GracefulRestartTime: subnet.DefaultGracefulRestartTime, AdvertisePodSubnets: true}
-	}
+	cluster = d.effectiveBGP(cluster)
 	cfg = bgp.Config{
 		ASN: cluster.ASN, RouterID: node.RouterID, ListenPort: node.ListenPort,
 		GracefulRestart: cluster.GracefulRestartTime, Log: d.log,
@@ -37,6 +35,16 @@ func (d *daemon) bgpSettings(network *subnet.Config, ext *backend.ExternalInterf
 		return bgp.Config{}, bgp.Options{}, false, &InvalidError{Err: bgp.ErrNoRouterID}
 	}
 	return cfg, d.bgpOptions(cluster), true, nil
+}
+
+// effectiveBGP is the cluster's BGP object, or on a node that runs BGP
+// from its own --bgp-peer-* flags alone, the defaults it runs with: a
+// BGP object added later is compared with what the speaker really uses.
+func (d *daemon) effectiveBGP(cluster *subnet.BGP) *subnet.BGP {
+	if cluster == nil && len(d.cfg.BGP.Peers) > 0 {
+		return subnet.DefaultBGP()
+	}
+	return cluster
 }
 
 // bgpOptions are the speaker's settings from the cluster's BGP object (nil:

@@ -75,3 +75,20 @@ func TestBGPChangesThatNeedARestart(t *testing.T) {
 		}
 	}
 }
+
+// A node that runs BGP from its own --bgp-peer-* flags runs with the
+// defaults: a BGP object added later with another ASN is a change that
+// needs a restart, and said so; one that says nothing new is none.
+func TestBGPFromFlagsComparesWithTheDefaults(t *testing.T) {
+	d := &daemon{cfg: &Config{BGP: NodeBGP{Peers: []subnet.BGPPeer{{Address: netip.MustParseAddr("198.18.0.253"), ASN: 64500}}}}}
+	cur := d.effectiveBGP(nil)
+	if got := bgpChange(true, cur, d.effectiveBGP(&subnet.BGP{ASN: 64513, GracefulRestartTime: subnet.DefaultGracefulRestartTime})); !strings.Contains(got, "BGP.ASN changed (64512 → 64513)") {
+		t.Errorf("an ASN added to a node running from its flags: %q", got)
+	}
+	if got := bgpChange(true, cur, d.effectiveBGP(nil)); got != "" {
+		t.Errorf("no BGP object, still none: %q", got)
+	}
+	if got := bgpChange(true, cur, d.effectiveBGP(subnet.DefaultBGP())); got != "" {
+		t.Errorf("a BGP object of defaults: %q", got)
+	}
+}

@@ -27,7 +27,6 @@ type metrics struct {
 	peers          *prometheus.GaugeVec
 	syncDuration   prometheus.Histogram
 	syncErrors     prometheus.Counter
-	ready          prometheus.Gauge
 	backendInfo    *prometheus.GaugeVec
 	configRejected prometheus.Counter
 	svcDuration    prometheus.Histogram
@@ -46,7 +45,6 @@ func newMetrics(d *daemon) *metrics {
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
 		}),
 		syncErrors:     prometheus.NewCounter(prometheus.CounterOpts{Name: "weft_sync_errors_total", Help: "Syncs that failed to program something."}),
-		ready:          prometheus.NewGauge(prometheus.GaugeOpts{Name: "weft_ready", Help: "1 when the node is ready (subnet.env written, peers programmed)."}),
 		backendInfo:    prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "weft_backend_info", Help: "The backend this node runs (announces in its lease)."}, []string{"type"}),
 		configRejected: prometheus.NewCounter(prometheus.CounterOpts{Name: "weft_config_rejected_total", Help: "Configuration changes that were invalid or cannot be applied to a running node."}),
 		svcDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
@@ -84,7 +82,14 @@ func newMetrics(d *daemon) *metrics {
 			}
 			return 0
 		})
-	m.registry.MustRegister(m.peers, m.syncDuration, m.syncErrors, leaseTTL, leaseProblem, m.ready, m.backendInfo, buildInfo, m.configRejected, restarts,
+	ready := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "weft_ready", Help: "1 when the node is ready (subnet.env written, peers programmed, syncs not failing for long), as /readyz says."},
+		func() float64 {
+			if ok, _ := d.readiness(); ok {
+				return 1
+			}
+			return 0
+		})
+	m.registry.MustRegister(m.peers, m.syncDuration, m.syncErrors, leaseTTL, leaseProblem, ready, m.backendInfo, buildInfo, m.configRejected, restarts,
 		m.etcd.duration, m.etcd.errors, etcdConnCollector{d},
 		m.svcDuration, m.svcErrors, bgpCollector{d}, serviceCollector{d}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
@@ -230,20 +235,31 @@ func failing(rs reconcile.Status, now time.Time, limit time.Duration) string {
 	return fmt.Sprintf("every sync has failed for %s: %s", now.Sub(rs.FailingSince).Truncate(time.Second), rs.LastSyncErr)
 }
 
+// readiness says whether the node is ready, and why not: the board's
+// word, unless every sync has failed for long (see failing). /readyz,
+// /status and weft_ready all ask it.
+func (d *daemon) readiness() (ready bool, why string) {
+	d.board.set(func(b *board) { ready, why = b.ready, b.notReady })
+	if r := d.rec.Load(); r != nil && ready {
+		if f := failing(r.Status(), time.Now(), failingLimit(d.cfg.ResyncInterval)); f != "" {
+			return false, f
+		}
+	}
+	return ready, why
+}
+
 // status is what /status serves: the daemon's own state, the
 // reconciler's and the lease's, read now.
 func (d *daemon) status() status.Status {
 	s := status.Status{Node: d.cfg.NodeName}
-	d.board.set(func(b *board) { s.Ready, s.NotReady, s.ConfigIssue = b.ready, b.notReady, b.configIssue })
+	s.Ready, s.NotReady = d.readiness()
+	d.board.set(func(b *board) { s.ConfigIssue = b.configIssue })
 	if r := d.rec.Load(); r != nil {
 		rs := r.Status()
 		s.Backend, s.Interface, s.MTU, s.Peers = rs.Backend, rs.Interface, rs.MTU, rs.Peers
 		s.LastSync, s.LastSyncErr, s.SyncErrors = rs.LastSync, rs.LastSyncErr, rs.SyncErrors
 		if rs.ConfigIssue != "" {
 			s.ConfigIssue = rs.ConfigIssue
-		}
-		if why := failing(rs, time.Now(), failingLimit(d.cfg.ResyncInterval)); s.Ready && why != "" {
-			s.Ready, s.NotReady = false, why
 		}
 	}
 	if cp := d.claim.Load(); cp != nil {
@@ -281,9 +297,8 @@ func serveHealth(ctx context.Context, g *errgroup.Group, l net.Listener, d *daem
 		w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		s := d.status()
-		if !s.Ready {
-			http.Error(w, "not ready: "+s.NotReady, http.StatusServiceUnavailable)
+		if ok, why := d.readiness(); !ok {
+			http.Error(w, "not ready: "+why, http.StatusServiceUnavailable)
 			return
 		}
 		w.Write([]byte("ready\n"))

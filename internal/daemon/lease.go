@@ -122,7 +122,6 @@ func (d *daemon) becomeReady(ctx context.Context, network *subnet.Config, env *s
 		return err
 	}
 	d.board.set(func(b *board) { b.ready, b.notReady = true, "" })
-	d.metrics.ready.Set(1)
 	// Startup's garbage (the listing, the first sync) is the most weftd
 	// ever holds; give it back rather than keep it resident, and from now
 	// on collect sooner: steady state allocates little. GOGC, when set,

@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/sirupsen/logrus"
-
 	"github.com/weft-net/weft/subnet"
 	"github.com/weft-net/weft/subnet/etcd"
 	"github.com/weft-net/weft/subnet/kube"
@@ -90,7 +88,7 @@ func (d *daemon) kubeSource() (*kubeLeases, error) {
 	kube.LogTo(d.log)
 	store := kube.New(c, kube.Options{
 		NodeName: d.cfg.NodeName, Prefix: d.cfg.Kube.AnnotationPrefix,
-		Log: d.log.WithFields(logrus.Fields{}),
+		Log: d.log,
 	})
 	return &kubeLeases{store: store}, nil
 }

@@ -108,7 +108,7 @@ const configPollInterval = 2 * time.Second
 func (d *daemon) watchConfig(ctx context.Context, store *etcd.Store, cur *subnet.Config, out outputs) error {
 	log := d.log.WithField("component", "config")
 	last := cur.Raw
-	bgpNow := cur.BGP
+	bgpNow := d.effectiveBGP(cur.BGP)
 	consider := func(data []byte) {
 		if bytes.Equal(data, last) {
 			return
@@ -124,12 +124,13 @@ func (d *daemon) watchConfig(ctx context.Context, store *etcd.Store, cur *subnet
 		for _, w := range warnings {
 			log.Warn(w)
 		}
-		issue := bgpChange(out.bgpOptions != nil, bgpNow, cfg.BGP)
+		next := d.effectiveBGP(cfg.BGP)
+		issue := bgpChange(out.bgpOptions != nil, bgpNow, next)
 		if issue != "" {
 			log.Error(issue)
 			d.metrics.ConfigRejected()
-		} else if out.bgpOptions != nil && !bgpNow.Equal(cfg.BGP) {
-			bgpNow = cfg.BGP
+		} else if out.bgpOptions != nil && !bgpNow.Equal(next) {
+			bgpNow = next
 			out.bgpOptions.Send(d.bgpOptions(cfg.BGP))
 		}
 		d.board.set(func(b *board) { b.configIssue = issue })

@@ -365,11 +365,7 @@ func (p *Proxy) sync() error {
 			p.log.WithField("service", c.Service).WithError(err).Warn("ignoring service: it claims what another holds")
 		}
 	}
-	for key := range p.defs {
-		if !slices.ContainsFunc(refused, func(r status.RefusedService) bool { return r.Service == key }) {
-			p.bad.Forget(key)
-		}
-	}
+	p.bad.Round() // services no longer refused are logged again if they are refused again
 	node := &Node{Subnets: p.subnets}
 	for _, pool := range p.network.Pools() {
 		node.PodNetworks = append(node.PodNetworks, pool.Network)

@@ -79,7 +79,7 @@ func admit(all map[string]*peer, self subnet.Lease, f fences) (refused map[strin
 		if _, out := refused[k]; out {
 			continue
 		}
-		for _, c := range vteps(p.lease) {
+		for _, c := range p.vteps {
 			if cur, ok := winner[c.vtep]; !ok || older(all[k], k, all[cur], cur) {
 				winner[c.vtep] = k
 			}
@@ -89,7 +89,7 @@ func admit(all map[string]*peer, self subnet.Lease, f fences) (refused map[strin
 		if _, out := refused[k]; out {
 			continue
 		}
-		for _, c := range vteps(p.lease) {
+		for _, c := range p.vteps {
 			w := winner[c.vtep]
 			if at := vtepAddr(all[w].lease, c.vtep.ipv6); w != k && at != c.addr {
 				refused[k] = fmt.Sprintf("its VtepMAC %s is already used by %s at %s", c.vtep, w, at)
@@ -155,8 +155,8 @@ func lengthOf(p netip.Prefix) subnetLength { return subnetLength{p.Addr().Is6(),
 type fences struct {
 	underlay []netip.Prefix // the external interface's networks
 	pods     []netip.Prefix // the pod networks: no peer is reached at a pod address
-	// infra are addresses of the cluster's infrastructure (etcd, the
-	// Kubernetes API server) with what they are: no peer is reached there.
+	// infra are addresses of the cluster's infrastructure (etcd) with what
+	// they are: no peer is reached there.
 	infra map[netip.Addr]string
 }
 
@@ -194,7 +194,7 @@ func unfit(l, self subnet.Lease, fs fences) string {
 			if a == u.Addr() {
 				return fmt.Sprintf("its public address %s is this node's own", a)
 			}
-			if a.Is4() && u.Addr().Is4() && u.Bits() < 31 && a == lastAddr(u) {
+			if a.Is4() && u.Addr().Is4() && u.Bits() < 31 && a == subnet.LastAddr(u) {
 				return fmt.Sprintf("its public address %s is the broadcast address of the underlay network %s", a, u.Masked())
 			}
 		}
@@ -218,14 +218,6 @@ func unfit(l, self subnet.Lease, fs fences) string {
 		}
 	}
 	return ""
-}
-
-// lastAddr is the last address of p (its broadcast address, for IPv4).
-func lastAddr(p netip.Prefix) netip.Addr {
-	b := p.Masked().Addr().As4()
-	host := uint32(1)<<(32-p.Bits()) - 1
-	v := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3]) | host
-	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
 }
 
 func isZero(b []byte) bool {

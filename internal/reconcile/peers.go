@@ -56,6 +56,8 @@ type peer struct {
 	state backend.PeerState
 	// age orders leases by when they were written (subnet.Event.Age).
 	age int64
+	// vteps are the VTEP MACs it claims (vxlan), parsed once.
+	vteps []vtepClaim
 }
 
 func (p *peer) admitted() bool { return p.refused == "" }
@@ -98,7 +100,7 @@ func (s *peerSet) apply(batch []subnet.Event) {
 			readmit = readmit || s.contended > 0
 			continue
 		}
-		p := &peer{lease: ev.Lease, age: ev.Age}
+		p := &peer{lease: ev.Lease, age: ev.Age, vteps: vteps(ev.Lease)}
 		s.all[key] = p
 		if !s.admitOne(key, p) {
 			readmit = true // contended: decided below, for every lease
@@ -155,7 +157,7 @@ func (s *peerSet) admitOne(key string, p *peer) bool {
 			return false
 		}
 	}
-	for _, c := range vteps(p.lease) {
+	for _, c := range p.vteps {
 		if o, ok := s.macs[c.vtep]; ok && o != key && vtepAddr(s.all[o].lease, c.ipv6) != c.addr {
 			s.markRefused(p, "contended", true) // until admitAll decides
 			return false
@@ -210,7 +212,7 @@ func (s *peerSet) admit(key string, p *peer) {
 		s.owner[sn] = key
 		s.lengths[lengthOf(sn)]++
 	}
-	for _, c := range vteps(p.lease) {
+	for _, c := range p.vteps {
 		s.macs[c.vtep] = key
 	}
 	s.byType[p.lease.BackendType]++
@@ -252,7 +254,7 @@ func (s *peerSet) remove(key string, p *peer) {
 			delete(s.lengths, lengthOf(sn))
 		}
 	}
-	for _, c := range vteps(p.lease) {
+	for _, c := range p.vteps {
 		if s.macs[c.vtep] == key {
 			delete(s.macs, c.vtep)
 		}

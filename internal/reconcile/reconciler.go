@@ -56,9 +56,10 @@ type Config struct {
 	Backends  map[string]backend.Constructor
 	Network   *subnet.Config
 	Interface *backend.ExternalInterface
-	// Infrastructure are the addresses of etcd or the Kubernetes API
-	// server, with what each is ("etcd's (--etcd-endpoints)"): a lease
-	// asking to be reached at one of them is refused.
+	// Infrastructure are the addresses of etcd (those --etcd-endpoints
+	// gives as addresses; none in Kubernetes mode), with what each is
+	// ("etcd's (--etcd-endpoints)"): a lease asking to be reached at one
+	// of them is refused.
 	Infrastructure map[netip.Addr]string
 	// ResyncInterval is how often the kernel is compared with the leases
 	// even without events (drift repair).

@@ -158,13 +158,11 @@ func (c *Claim) logExpired(id clientv3.LeaseID) {
 		Warn("etcd lease expired: this weftd did not renew it within its TTL (it was stopped or cut off from etcd); re-creating the same subnet")
 }
 
-// leaseGone reports whether etcd no longer knows the etcd lease id (it
-// expired or was revoked).
+// leaseGone reports whether the etcd lease id has expired (or was
+// revoked).
 func (s *Store) leaseGone(ctx context.Context, id clientv3.LeaseID) bool {
-	cctx, cancel := s.call(ctx)
-	defer cancel()
-	resp, err := s.cli.TimeToLive(cctx, id)
-	return err == nil && resp.TTL == -1
+	ttl, err := s.TTL(ctx, id)
+	return err == nil && ttl == 0
 }
 
 // retake re-creates the claim's key with a fresh etcd lease, retrying until

@@ -39,7 +39,7 @@ type Store struct {
 	timeout time.Duration
 	log     *logrus.Entry
 
-	watchRestarts atomic.Uint64 // of every watch this store runs
+	watchRestarts atomic.Uint64 // of the lease watch
 	// retries holds back repeated "etcd unreachable" lines.
 	retries ratelog.Limiter
 
@@ -152,6 +152,10 @@ func (s *Store) TTL(ctx context.Context, id clientv3.LeaseID) (time.Duration, er
 // the error on the first failure and then every few seconds.
 func (s *Store) retryLogged(ctx context.Context, what string, fn func(context.Context) error) error {
 	return retry.Do(ctx, nil, fn, func(err error, attempt int) {
+		var inUse *NameInUseError
+		if errors.As(err, &inUse) {
+			return // said where it is found, as an error of its own, not of etcd
+		}
 		if s.retries.Allow(what, "failed") {
 			s.log.WithFields(logrus.Fields{"endpoints": s.Endpoints(), "attempt": attempt}).
 				WithError(err).Warnf("%s failed; retrying", what)
