@@ -608,6 +608,6 @@ func (s *Speaker) Status() *status.BGP {
 	return st
 }
 
-// ErrNoRouterID is returned by Config.Validate on a node without an IPv4
+// ErrNoRouterID is returned (by the daemon's BGP settings) for a node without an IPv4
 // address to use as its router ID.
 var ErrNoRouterID = errors.New("BGP needs an IPv4 router ID and this node has no IPv4 address; give --bgp-router-id")

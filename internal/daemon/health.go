@@ -65,16 +65,7 @@ func newMetrics(d *daemon) *metrics {
 			return 0
 		})
 	restarts := prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "weft_etcd_watch_restarts_total", Help: "Times a watch on etcd (leases, services) had to be re-established."},
-		func() float64 {
-			n := uint64(0)
-			if s := d.source.Load(); s != nil {
-				n += (*s).watchRestarts()
-			}
-			if s := d.svcs.Load(); s != nil {
-				n += s.WatchRestarts()
-			}
-			return float64(n)
-		})
+		func() float64 { return float64(d.watchRestarts()) })
 	leaseTTL := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "weft_lease_ttl_seconds", Help: "Time left on this node's etcd lease (-1 in Kubernetes mode: a Node has no TTL)."},
 		func() float64 {
 			if c := d.claim.Load(); c != nil {
@@ -235,6 +226,19 @@ func failing(rs reconcile.Status, now time.Time, limit time.Duration) string {
 	return fmt.Sprintf("every sync has failed for %s: %s", now.Sub(rs.FailingSince).Truncate(time.Second), rs.LastSyncErr)
 }
 
+// watchRestarts counts the times a watch on etcd (leases, services) had to
+// be re-established.
+func (d *daemon) watchRestarts() uint64 {
+	n := uint64(0)
+	if s := d.source.Load(); s != nil {
+		n += (*s).watchRestarts()
+	}
+	if s := d.svcs.Load(); s != nil {
+		n += s.WatchRestarts()
+	}
+	return n
+}
+
 // readiness says whether the node is ready, and why not: the board's
 // word, unless every sync has failed for long (see failing). /readyz,
 // /status and weft_ready all ask it.
@@ -272,9 +276,7 @@ func (d *daemon) status() status.Status {
 			s.LeaseIssue = p.Error()
 		}
 	}
-	if src := d.source.Load(); src != nil {
-		s.Restarts = (*src).watchRestarts()
-	}
+	s.Restarts = d.watchRestarts()
 	if sp := d.speaker.Load(); sp != nil {
 		s.BGP = sp.Status()
 	}

@@ -194,7 +194,7 @@ func (c *Cluster) kubeIdentity(ctx context.Context, cs kubernetes.Interface) err
 	if _, err := cs.CoreV1().ServiceAccounts(KubeNamespace).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: KubeServiceAccount}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return err
 	}
-	role, binding, err := DistRBAC(dist.KubeManifest)
+	role, binding, err := distRBAC(dist.KubeManifest)
 	if err != nil {
 		return err
 	}
@@ -212,8 +212,8 @@ func (c *Cluster) kubeIdentity(ctx context.Context, cs kubernetes.Interface) err
 	return writeKubeconfig(c.WeftdKubeconfig(), map[string]string{"token": tok.Status.Token}, filepath.Join(c.kube.dir, "ca.pem"))
 }
 
-// DistRBAC reads the ClusterRole and ClusterRoleBinding from a manifest.
-func DistRBAC(data []byte) (*rbacv1.ClusterRole, *rbacv1.ClusterRoleBinding, error) {
+// distRBAC reads the ClusterRole and ClusterRoleBinding from a manifest.
+func distRBAC(data []byte) (*rbacv1.ClusterRole, *rbacv1.ClusterRoleBinding, error) {
 	const path = "dist/kubernetes/weft.yaml"
 	var role *rbacv1.ClusterRole
 	var binding *rbacv1.ClusterRoleBinding

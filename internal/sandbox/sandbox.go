@@ -622,22 +622,13 @@ func (n *Node) Subnets() (v4, v6 netip.Prefix, err error) {
 	if err != nil {
 		return netip.Prefix{}, netip.Prefix{}, err
 	}
-	if env.IPv6Subnet.IsValid() {
-		v6 = env.IPv6Subnet.Masked()
-	}
-	if env.Subnet.IsValid() {
-		v4 = env.Subnet.Masked()
-	}
-	return v4, v6, nil
+	return env.Subnet.Masked(), env.IPv6Subnet.Masked(), nil
 }
 
-// Subnet reads the node's subnet from its subnet.env.
+// Subnet reads the node's IPv4 subnet from its subnet.env.
 func (n *Node) Subnet() (netip.Prefix, error) {
-	env, err := subnet.ReadEnvFile(n.SubnetFile)
-	if err != nil {
-		return netip.Prefix{}, err
-	}
-	return env.Subnet.Masked(), nil
+	v4, _, err := n.Subnets()
+	return v4, err
 }
 
 // AddPod creates a pod namespace on n and wires it in with the weft CNI

@@ -18,6 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
 
+	"github.com/weft-net/weft/internal/testenv"
 	"github.com/weft-net/weft/subnet"
 )
 
@@ -129,10 +130,14 @@ func TestAcquireWaitsForThePodCIDRAndAnnotates(t *testing.T) {
 		}
 		done <- c
 	}()
-	time.Sleep(300 * time.Millisecond)
-	if len(hook.AllEntries()) == 0 || !strings.Contains(hook.LastEntry().Data["error"].(error).Error(), "has no IPv4 podCIDR yet") {
-		t.Errorf("not saying what it waits for: %v", hook.AllEntries())
-	}
+	testenv.Eventually(t, 5*time.Second, "Acquire to say what it waits for", func() (bool, string) {
+		for _, e := range hook.AllEntries() {
+			if err, ok := e.Data["error"].(error); ok && strings.Contains(err.Error(), "has no IPv4 podCIDR yet") {
+				return true, ""
+			}
+		}
+		return false, fmt.Sprint(hook.AllEntries())
+	})
 	f.mu.Lock()
 	f.nodes["node-1"].Spec.PodCIDRs = []string{"100.96.0.0/24"}
 	f.mu.Unlock()
